@@ -1,0 +1,1 @@
+"""Reading, pairing and batching the video re-localization benchmark."""
