@@ -137,8 +137,9 @@ def evaluate_predictions(split: str, pairs: Sequence[Any], predicted: np.ndarray
 
 def format_table(rows: Mapping[str, Mapping[str, Any]], title: str | None = None) -> str:
   """A plain-text table of top-1 mAP at 0.5…0.9 and the average, one row per method."""
-  width = max([len(name) for name in rows] + [12])
-  head = f"{'top-1 mAP (%)':<{width}} " + " ".join(f"{t:>6}" for t in TABLE_THRESHOLDS) + f" {'avg':>6}"
+  corner = "top-1 mAP (%)"
+  width = max([len(name) for name in rows] + [len(corner)])
+  head = f"{corner:<{width}} " + " ".join(f"{t:>6}" for t in TABLE_THRESHOLDS) + f" {'avg':>6}"
   lines = ([title] if title else []) + [head, "-" * len(head)]
   for name, res in rows.items():
     vals = " ".join(f"{res['mAP'][t]:6.1f}" for t in TABLE_THRESHOLDS)

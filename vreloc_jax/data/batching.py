@@ -68,7 +68,10 @@ def make_batch(examples: Sequence[Example], store: FeatureStore, query_length: i
       "reference_length": np.zeros((n,), np.int32),
       "example_mask": np.ones((n,), bool) if example_mask is None else np.asarray(example_mask, bool),
   }
-  with_segment = all(ex.segment is not None for ex in examples)
+  annotated = [ex.segment is not None for ex in examples]
+  if any(annotated) and not all(annotated):
+    raise ValueError("a batch mixes annotated and unannotated examples")
+  with_segment = all(annotated)
   if with_segment:
     batch["segment"] = np.zeros((n, 2), np.int32)
   for i, ex in enumerate(examples):

@@ -175,8 +175,10 @@ class FeatureStore:
     return array
 
   def _read(self, video_id: str, start: int, end: int) -> np.ndarray:
-    if start < 0 or end <= start:
+    if end <= start:
       raise ValueError(f"{self.path}: video v_{video_id}: window [{start}, {end}) is empty or inverted")
+    if start < 0:
+      raise ValueError(f"{self.path}: video v_{video_id}: window [{start}, {end}) starts before 0")
     return self._validated(video_id, start, end, self.source.read(video_id, start, end))
 
   def preload(self, entries: Iterable[Entry]) -> None:
@@ -194,6 +196,10 @@ class FeatureStore:
           continue
         a, b = min(a, c0), max(b, c0 + arr.shape[0])
       self._cache[video_id] = (a, self._read(video_id, a, b))
+
+  def video(self, video_id: str) -> np.ndarray:
+    """All (subsampled) features of a video, float32 ``[n_feat, dim]``, validated."""
+    return self._read(video_id, 0, self.source.num_features(video_id))
 
   def window(self, video_id: str, start: int, end: int) -> np.ndarray:
     """Features ``[start, end)`` of a video, float32 ``[end - start, dim]``."""

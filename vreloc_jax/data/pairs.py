@@ -137,12 +137,16 @@ def _pairs_to_json(split: str, split_sha: str, seed: int, pairs: Sequence[Pair])
 
 
 def _pairs_from_json(raw: dict, entries: Sequence[Entry], path: str) -> list[Pair]:
+  rows = raw.get("pairs")
+  if not isinstance(rows, list):
+    raise ValueError(f"pair file {path} has no list of 'pairs'")
   pairs = []
-  for k, row in enumerate(raw["pairs"]):
-    try:
-      ref, query = entries[row["reference"]], entries[row["query"]]
-    except (IndexError, KeyError, TypeError) as e:
-      raise ValueError(f"pair file {path}: pair {k} is malformed ({e})") from e
+  for k, row in enumerate(rows):
+    indices = (row.get("reference"), row.get("query")) if isinstance(row, dict) else (None, None)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(entries)
+               for i in indices):
+      raise ValueError(f"pair file {path}: pair {k} is malformed ({row!r})")
+    ref, query = entries[indices[0]], entries[indices[1]]
     if (ref.video_id != row.get("reference_id") or query.video_id != row.get("query_id") or
         ref.label != query.label or ref.index == query.index or
         query.segment_length > ref.window_length):
@@ -189,9 +193,10 @@ def load_eval_pairs(split_file: str, entries: Sequence[Entry], split: str, seed:
     try:
       with open(path, "r", encoding="utf-8") as f:
         raw = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
       raise ValueError(f"pair file {path} is unreadable: {e}") from e
-    if raw.get("format") != PAIRS_FORMAT or raw.get("split_sha256") != split_sha:
+    if (not isinstance(raw, dict) or raw.get("format") != PAIRS_FORMAT or
+        raw.get("split_sha256") != split_sha):
       raise ValueError(f"pair file {path} was not drawn from {split_file} "
                        f"(split SHA-256 {split_sha[:16]}…); delete it or pass the right split")
     return _pairs_from_json(raw, entries, path), path
@@ -215,8 +220,8 @@ class FullSampler:
       self._references.append(others or refs)
 
   def sample(self, rng: np.random.Generator) -> Example:
-    query = self.entries[int(rng.integers(len(self.entries)))]
-    refs = self._references[query.index]
+    k = int(rng.integers(len(self.entries)))
+    query, refs = self.entries[k], self._references[k]
     ref = refs[int(rng.integers(len(refs)))]
     (a, b), (s, e) = ref.location, ref.segment
     if rng.random() < self.crop_probability:

@@ -72,6 +72,8 @@ def parse_entry(index: int, raw: Any, source: str) -> Entry:
   if not isinstance(raw, dict):
     raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
   missing = [k for k in ("id", "label", "location", "groundtruth") if k not in raw]
+  if isinstance(raw.get("id"), str) and raw["id"]:
+    where = f"{source}: entry {index} (video v_{raw['id']})"
   if missing:
     raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
   video_id = raw["id"]
@@ -88,8 +90,10 @@ def parse_entry(index: int, raw: Any, source: str) -> Entry:
   if segment is None:
     raise ValueError(f"{where}: 'groundtruth' must be two integers, got {raw['groundtruth']!r}")
   a, b = location
-  if a < 0 or b <= a:
+  if b <= a:
     raise ValueError(f"{where}: window [{a}, {b}) is empty or inverted")
+  if a < 0:
+    raise ValueError(f"{where}: window [{a}, {b}) starts before 0")
   s, e = segment
   if e <= s:
     raise ValueError(f"{where}: segment [{s}, {e}) is empty or inverted")

@@ -1,0 +1,93 @@
+"""Settings shared by every configuration; `weak.py` and `full.py` start from these.
+
+Config arguments (after the file name, comma-separated), for example
+``--config=configs/weak.py:base,alpha=0.5,quick``:
+
+* ``base`` | ``multiscale`` | ``selfatt`` | ``full``: the paper's ablation
+  variants of the model (default ``full``);
+* ``alpha=X``: the co-attention loss's α;
+* ``quick``: a tiny run for tests and smoke checks (small synthetic data,
+  small batches, a few steps).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vreloc_jax import model
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The defaults: the paper's settings where it gives them."""
+  config = ml_collections.ConfigDict()
+  config.supervision = "weak"  # "weak" (co-attention loss only) or "full" (loss_w + loss_c).
+  config.seed = 0  # Seeds parameters, dropout (folded with the step) and the batch stream.
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dir = ""  # Benchmark directory (split JSONs + length.json); "" = the synthetic default.
+  data.features = ""  # HDF5 file or dir of v_<id>.npy; "" = found in data.dir.
+  data.synthetic_dir = ""  # Cache of the synthetic default; "" = ~/.cache/vreloc_jax/synthetic-…
+  data.synthetic_seed = 0  # Seed of the generated synthetic benchmark.
+  data.synthetic_scale = 1.0  # Fraction of the real benchmark's entry counts to generate.
+  data.pair_seed = 0  # Seed of the fixed evaluation pairs.
+  data.query_buckets = (32,)  # Padded query lengths (benchmark segments are 1-32 features).
+  data.reference_buckets = (32, 64, 128, 192, 300)  # Padded reference lengths (windows <= 300).
+  data.crop_probability = 0.9  # Full supervision: chance of a random crop keeping the segment.
+  data.weak_query_fraction = 0.5  # Weak supervision: share of each class's videos giving queries.
+
+  config.model = model.model_config()  # The paper's full model; see vreloc_jax/model.py.
+  config.variant = "full"  # Ablation variant applied to config.model: base|multiscale|selfatt|full.
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.alpha = 0.3  # α of the co-attention loss (eq. 18); the paper's best (Table 3).
+  loss.coattention_weight = 1.0  # Weight of loss_c.
+  loss.cross_entropy_weight = 0.0  # Weight of loss_w (needs annotated references).
+  loss.mask_after_steps = 100  # Co-attention masks from the predicted segment from this step on.
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 128  # Global batch, split over all devices.
+  train.num_steps = 600  # Total steps (not given by the paper; 3 learning-rate stages).
+  train.learning_rate = 1e-3  # Adam's initial learning rate.
+  train.decay_every = 200  # The learning rate is divided by 10 every this many steps.
+  train.decay_factor = 0.1  # Multiplier at each decay.
+  train.grad_clip_norm = 5.0  # Global-norm gradient clipping (the benchmark authors' value).
+  train.log_every = 10  # Steps between progress lines / metrics records.
+  train.eval_every = 100  # Steps between val evaluations; a checkpoint is saved at each.
+  train.keep_checkpoints = 2  # Latest checkpoints kept (the best by val mAP_avg is kept too).
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 128  # Global evaluation batch.
+  ev.inference = "weak"  # "weak": longest run above mean p_inside; "full": start/end search.
+  ev.max_length = 64  # Full inference: longest segment in steps (64 = 1,024 frames).
+  ev.search_form = "benchmark"  # Full inference score: "benchmark" (Feng et al.) or "paper" (eq. 20).
+  ev.baselines = ("random", "stat_prior", "frame_level")  # Rows printed beside the model's.
+  return config
+
+
+def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the comma-separated config arguments (see the module docstring)."""
+  for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+    if token in model.VARIANTS:
+      config.variant = token
+    elif token.startswith("alpha="):
+      config.loss.alpha = float(token.split("=", 1)[1])
+    elif token == "quick":
+      config.data.synthetic_scale = 0.04
+      config.data.reference_buckets = (64, 300)
+      config.train.batch_size = 8
+      config.train.num_steps = 6
+      config.train.decay_every = 4
+      config.train.log_every = 2
+      config.train.eval_every = 3
+      config.loss.mask_after_steps = 3
+      config.eval.batch_size = 32
+      config.eval.baselines = ("stat_prior",)
+      config.model.hidden_dim = 16
+      config.model.head_dim = 4
+      config.model.lstm_dim = 16
+      config.model.self_attention_head_dim = 4
+    else:
+      raise ValueError(f"unknown config argument {token!r}; expected one of "
+                       f"{model.VARIANTS}, alpha=X, quick")
+  config.model = model.apply_variant(config.model, config.variant)
+  return config

@@ -1,0 +1,142 @@
+"""Training end to end on a tiny benchmark: determinism, resume, devices, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import full as full_config
+from configs import weak as weak_config
+from tests.conftest import FEATURE_DIM, make_benchmark  # noqa: F401  (re-exported for the worker)
+from vreloc_jax import checkpoints, evaluate, sharding, train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def tiny_config(supervision: str, data_dir: str, **train_overrides):
+  """The real configs' ``:quick`` variant, shrunk further to the tiny benchmark."""
+  module = weak_config if supervision == "weak" else full_config
+  config = module.get_config("quick")
+  config.data.dir = data_dir
+  config.data.query_buckets = (16,)
+  config.data.reference_buckets = (32,)
+  config.train.batch_size = 8
+  config.train.num_steps = 4
+  config.train.eval_every = 2
+  config.train.log_every = 1
+  config.loss.mask_after_steps = 2
+  config.eval.batch_size = 8
+  config.eval.baselines = ("stat_prior",)
+  for k, v in train_overrides.items():
+    setattr(config.train, k, v)
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+  return make_benchmark(tmp_path_factory.mktemp("train_bench"), seed=3).root
+
+
+def _params(workdir: str, config) -> dict[str, np.ndarray]:
+  runner = train.Runner(config, sharding.make_mesh(), FEATURE_DIM)
+  state = checkpoints.restore(checkpoints.manager(workdir, read_only=True), "latest",
+                              runner.abstract_state())
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(state["params"])}
+
+
+def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
+  config = tiny_config("weak", data_dir)
+  before = dict(train.TRACE_COUNTS)
+  straight = str(tmp_path / "straight")
+  results = train.train_and_evaluate(config, straight)
+  traced = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_step")}
+  # One reference bucket: one training and one evaluation program, whatever the lengths.
+  assert traced == {"train_step": 1, "eval_step": 1}, traced
+
+  # The run's files.
+  assert set(json.load(open(os.path.join(straight, "results", "test.json")))) >= {
+      "split", "num_pairs", "mAP", "mAP_avg"}
+  assert os.path.isfile(os.path.join(straight, "results", "test.predictions.json"))
+  records = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
+  assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+  assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+  assert [r["step"] for r in records if "val_mAP_avg" in r] == [2, 4]
+
+  # Interrupted after 2 steps, then the same command again: the same trajectory.
+  resumed = str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config("weak", data_dir, num_steps=2), resumed)
+  train.train_and_evaluate(config, resumed)
+  a, b = _params(straight, config), _params(resumed, config)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  loss = lambda w: [r["loss"] for r in map(json.loads, open(os.path.join(w, "metrics.jsonl")))
+                    if "loss" in r and r["step"] > 2]
+  assert loss(straight) == loss(resumed)
+
+  # Evaluating the best checkpoint later gives exactly the end-of-training results.
+  again = evaluate.evaluate_checkpoint(straight, "best", "test", str(tmp_path / "again.json"))
+  assert again["mAP"] == results["mAP"] and again["mAP_avg"] == results["mAP_avg"]
+  assert again["checkpoint_step"] == results["checkpoint_step"]
+  with pytest.raises(ValueError, match="no checkpoint for step 3"):
+    evaluate.evaluate_checkpoint(straight, "3", "test")
+
+
+def test_full_run_uses_cross_entropy(data_dir, tmp_path):
+  workdir = str(tmp_path / "full")
+  train.train_and_evaluate(tiny_config("full", data_dir, num_steps=2), workdir)
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert all("loss_w" in r and "loss_c" in r for r in records if "loss" in r)
+
+
+def test_non_finite_loss_names_the_step(data_dir, tmp_path):
+  config = tiny_config("full", data_dir, num_steps=6, learning_rate=1e38)
+  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"))
+
+
+def _worker(data_dir, workdir, supervision, out, env_extra):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **env_extra}
+  return subprocess.Popen([sys.executable, str(REPO / "tests" / "training_worker.py"), data_dir,
+                           workdir, supervision, out], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc):
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-4000:]
+  return out
+
+
+@pytest.mark.parametrize("supervision", ["weak", "full"])
+def test_four_devices_and_two_processes_match_one_device(data_dir, tmp_path, supervision):
+  one = str(tmp_path / "one.npz")
+  four = str(tmp_path / "four.npz")
+  _finish(_worker(data_dir, str(tmp_path / "w1"), supervision, one, {}))
+  out = _finish(_worker(data_dir, str(tmp_path / "w4"), supervision, four,
+                        {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}))
+  assert "devices 4" in out
+  runs = {"4 devices": four}
+  if supervision == "weak":  # The multi-process path, for real: 2 processes, gloo collectives.
+    two = str(tmp_path / "two.npz")
+    port = 20000 + os.getpid() % 20000
+    procs = [_worker(data_dir, str(tmp_path / "w2"), supervision, two,
+                     {"VRELOC_COORDINATOR": f"127.0.0.1:{port}", "VRELOC_NUM_PROCESSES": "2",
+                      "VRELOC_PROCESS_ID": str(i)}) for i in range(2)]
+    outs = [_finish(p) for p in procs]
+    assert "processes 2" in outs[0]
+    runs["2 processes"] = two
+  ref = np.load(one)
+  for name, path in runs.items():
+    other = np.load(path)
+    assert ref.files == other.files
+    for k in ref.files:
+      np.testing.assert_allclose(ref[k], other[k], rtol=2e-4, atol=2e-5, err_msg=f"{name}: {k}")

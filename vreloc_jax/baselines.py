@@ -1,0 +1,356 @@
+"""Training-free baselines of the paper (Tables 2 and 4), on the fixed evaluation pairs.
+
+  python -m vreloc_jax.baselines --method=frame_level --data_dir=DIR --split=test \\
+      --output=/tmp/fl_test.json [--features=FILE] [--seed=0]
+
+Methods (`METHODS`):
+
+* ``random`` (Table 2): a start and an end drawn uniformly among the
+  reference window's steps (seeded, one generator for the whole split, pairs
+  in order); the prediction is ``[min, max + 1)``, never empty.
+* ``stat_prior`` (Table 4): the mean normalized start and end of the
+  *training* split's ground truths (0.3267 / 0.6510 on the real benchmark),
+  applied to every reference window of length L: ``[round(a * L),
+  round(b * L))``, at least one step. Needs no features.
+* ``frame_level`` (Feng et al. 2018; Table 2): every query and reference
+  feature is L2-normalized; the cosine-similarity matrix ``[Lr, Lq]`` is
+  averaged over the query, and each candidate segment of the reference is
+  scored by its average similarity to the query. The candidates are all
+  segments whose length equals the query's (``min(Lq, Lr)``): with free
+  lengths the best *average* would always be a single step. Ties go to the
+  earliest start. Vectorized with cumulative sums.
+
+Diagnostics (`DIAGNOSTICS`), not in the paper, used to check that the
+synthetic benchmark is learnable:
+
+* ``frame_level_smoothed``: ``frame_level`` on features averaged over a
+  centred window of 5 steps (``smooth_width``).
+* ``coattention_search``: the segment (length <= 64, ``max_length``) that
+  maximizes the co-attention criterion ``d+ - d-`` of the paper's eqs. 16-18
+  (cosine similarity; α = 0.3) on the input features — the quantity the
+  weakly supervised model is trained to optimize, searched exhaustively.
+
+Any method can run on projected features (``transform``; the command line's
+``--project=class_subspace`` uses the synthetic benchmark's true class
+subspace, an oracle).
+
+Evaluation uses the split's deterministic pairs (`pairs.load_eval_pairs`) and
+writes the results file (``{"split", "num_pairs", "mAP", "mAP_avg", "method",
+…}``, percent) and a predictions file beside it (`metrics.evaluate_predictions`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from vreloc_jax import metrics
+from vreloc_jax.data import pairs as pairs_lib
+from vreloc_jax.data import splits as splits_lib
+from vreloc_jax.data.features import FeatureStore, find_features, open_features
+
+METHODS = ("random", "stat_prior", "frame_level")
+DIAGNOSTICS = ("frame_level_smoothed", "coattention_search")
+FEATURE_METHODS = ("frame_level",) + DIAGNOSTICS
+_EPS = 1e-8
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+# ---------------------------------------------------------------------------
+# Feature-free methods.
+# ---------------------------------------------------------------------------
+
+
+def training_prior(train_entries: Sequence[splits_lib.Entry]) -> tuple[float, float]:
+  """Mean normalized start and end (``s / L``, ``e / L``) of the training ground truths."""
+  if not train_entries:
+    raise ValueError("stat_prior: the training split is empty")
+  starts = np.array([e.segment[0] / e.window_length for e in train_entries])
+  ends = np.array([e.segment[1] / e.window_length for e in train_entries])
+  return float(starts.mean()), float(ends.mean())
+
+
+def predict_stat_prior(window_lengths: np.ndarray, prior: tuple[float, float]) -> np.ndarray:
+  """``[round(a L), round(b L))`` per window, at least one step: int [N, 2]."""
+  lengths = np.asarray(window_lengths, dtype=np.int64)  # [N]
+  start = np.clip(np.rint(prior[0] * lengths).astype(np.int64), 0, lengths - 1)
+  end = np.clip(np.rint(prior[1] * lengths).astype(np.int64), start + 1, lengths)
+  return np.stack([start, end], axis=1)
+
+
+def predict_random(window_lengths: np.ndarray, seed: int = 0) -> np.ndarray:
+  """Two uniform steps per window, ``[min, max + 1)``: int [N, 2]."""
+  lengths = np.asarray(window_lengths, dtype=np.int64)  # [N]
+  rng = np.random.default_rng(seed)
+  draws = rng.integers(0, lengths[:, None], size=(lengths.shape[0], 2))  # [N, 2]
+  return np.stack([draws.min(axis=1), draws.max(axis=1) + 1], axis=1)
+
+
+# ---------------------------------------------------------------------------
+# Feature methods (one pair at a time; all vectorized over positions).
+# ---------------------------------------------------------------------------
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, dtype=np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
+
+
+def frame_level_segment(query: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
+  """Feng et al.'s frame-level baseline for one pair.
+
+  Args:
+    query: [Lq, D] query features.
+    reference: [Lr, D] reference features.
+
+  Returns:
+    ``(s, e)``: the segment of length ``min(Lq, Lr)`` with the highest average
+    cosine similarity to the query (earliest on ties).
+  """
+  if query.shape[0] < 1 or reference.shape[0] < 1:
+    raise ValueError(f"frame_level: empty query {query.shape} or reference {reference.shape}")
+  # Mean over the query of the similarity matrix [Lr, Lq] = reference · mean normalized query.
+  per_step = _normalize(reference) @ _normalize(query).mean(axis=0)  # [Lr]
+  length = min(query.shape[0], reference.shape[0])
+  cumulative = np.concatenate([[0.0], np.cumsum(per_step)])  # [Lr + 1]
+  scores = (cumulative[length:] - cumulative[:-length]) / length  # [Lr - length + 1]
+  start = int(np.argmax(scores))
+  return start, start + length
+
+
+def smooth(features: np.ndarray, width: int = 5) -> np.ndarray:
+  """Mean over a centred window of ``width`` steps (truncated at the ends): [L, D]."""
+  x = np.asarray(features, dtype=np.float64)
+  n, half = x.shape[0], width // 2
+  cumulative = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])  # [L + 1, D]
+  lo = np.clip(np.arange(n) - half, 0, n)
+  hi = np.clip(np.arange(n) + width - half, 0, n)
+  return (cumulative[hi] - cumulative[lo]) / (hi - lo)[:, None]
+
+
+def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float = 0.3,
+                        max_length: int = 64) -> tuple[int, int]:
+  """The segment maximizing the co-attention criterion ``d+ - d-`` (paper eqs. 16-18).
+
+  ``d+ = cos(q, r_in)``, ``d- = α cos(q, r_out) + (1 - α) cos(r_in, r_out)`` with
+  ``q`` the mean query feature and ``r_in`` / ``r_out`` the mean reference
+  feature inside / outside the segment (a cosine with an empty outside is 0).
+
+  Args:
+    query: [Lq, D].
+    reference: [Lr, D].
+    alpha: the loss's α.
+    max_length: longest candidate segment.
+
+  Returns:
+    ``(s, e)``, earliest start then shortest on ties.
+  """
+  r = np.asarray(reference, dtype=np.float64)  # [L, D]
+  q = np.asarray(query, dtype=np.float64).mean(axis=0)  # [D]
+  n = r.shape[0]
+  total = r.sum(axis=0)  # [D]
+  gram = r @ r.T  # [L, L]
+  prefix = np.zeros((n + 1, n + 1))
+  prefix[1:, 1:] = gram.cumsum(0).cumsum(1)  # prefix[i, j] = sum_{t<i, u<j} r_t · r_u
+  q_prefix = np.concatenate([[0.0], np.cumsum(r @ q)])  # [L + 1]
+  t_prefix = np.concatenate([[0.0], np.cumsum(r @ total)])  # [L + 1]
+  lengths = np.arange(1, min(max_length, n) + 1)  # [K]
+  s = np.arange(n)[:, None]  # [L, 1]
+  e = s + lengths[None, :]  # [L, K]
+  valid = e <= n
+  e = np.minimum(e, n)
+  inside_sq = prefix[e, e] - prefix[s, e] - prefix[e, s] + prefix[s, s]  # |sum inside|^2
+  q_in = q_prefix[e] - q_prefix[s]
+  t_in = t_prefix[e] - t_prefix[s]
+  total_sq = prefix[n, n]
+  outside_sq = np.maximum(total_sq - 2.0 * t_in + inside_sq, 0.0)
+  q_out = q @ total - q_in
+  in_out = t_in - inside_sq
+  q_norm = max(np.linalg.norm(q), _EPS)
+  in_norm = np.sqrt(np.maximum(inside_sq, _EPS ** 2))
+  out_norm = np.sqrt(np.maximum(outside_sq, _EPS ** 2))
+  has_out = outside_sq > _EPS
+  d_plus = q_in / (q_norm * in_norm)
+  d_minus = np.where(has_out, alpha * q_out / (q_norm * out_norm)
+                     + (1.0 - alpha) * in_out / (in_norm * out_norm), 0.0)
+  score = np.where(valid, d_plus - d_minus, -np.inf)  # [L, K]
+  flat = int(np.argmax(score))
+  start, k = divmod(flat, score.shape[1])
+  return start, start + int(lengths[k])
+
+
+def _segment_fn(method: str, smooth_width: int, alpha: float, max_length: int):
+  if method == "frame_level":
+    return frame_level_segment
+  if method == "frame_level_smoothed":
+    return lambda q, r: frame_level_segment(smooth(q, smooth_width), smooth(r, smooth_width))
+  if method == "coattention_search":
+    return lambda q, r: coattention_segment(q, r, alpha=alpha, max_length=max_length)
+  raise ValueError(f"unknown feature method {method!r}; expected one of {FEATURE_METHODS}")
+
+
+def predict_with_features(method: str, pairs: Sequence[pairs_lib.Pair], store: FeatureStore,
+                          transform: Transform | None = None, smooth_width: int = 5,
+                          alpha: float = 0.3, max_length: int = 64) -> np.ndarray:
+  """Predictions of a feature method for every pair: int [N, 2] relative to the window."""
+  segment = _segment_fn(method, smooth_width, alpha, max_length)
+  out = np.zeros((len(pairs), 2), dtype=np.int64)
+  for i, pair in enumerate(pairs):
+    query = store.window(pair.query.video_id, *pair.query.query_span)  # [Lq, D]
+    reference = store.window(pair.reference.video_id, *pair.reference.location)  # [Lr, D]
+    if transform is not None:
+      query, reference = transform(query), transform(reference)
+    out[i] = segment(query, reference)
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------
+
+
+def predict(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
+            pairs: Sequence[pairs_lib.Pair], store: FeatureStore | None = None,
+            seed: int = 0, transform: Transform | None = None,
+            **options) -> tuple[np.ndarray, dict[str, Any]]:
+  """One method's predictions for the pairs, and what to record about it.
+
+  Args:
+    method: one of `METHODS` or `DIAGNOSTICS`.
+    entries: split name → entries; ``stat_prior`` needs ``"train"``.
+    pairs: the evaluation pairs.
+    store: the features (feature methods only).
+    seed: the ``random`` method's seed.
+    transform: applied to query and reference features (feature methods).
+    **options: ``smooth_width``, ``alpha``, ``max_length`` of the diagnostics.
+
+  Returns:
+    int [N, 2] predictions relative to each reference window, and a dict of
+    facts for the results file (the method, the prior, the candidates).
+  """
+  lengths = np.array([p.reference.window_length for p in pairs], dtype=np.int64)
+  if method == "random":
+    return predict_random(lengths, seed), {"method": method, "seed": seed}
+  if method == "stat_prior":
+    if "train" not in entries:
+      raise ValueError("stat_prior needs the training split's entries")
+    prior = training_prior(entries["train"])
+    return predict_stat_prior(lengths, prior), {"method": method, "prior": list(prior)}
+  if method in FEATURE_METHODS:
+    if store is None:
+      raise ValueError(f"{method} needs features")
+    info = {"method": method, "candidates": (
+        "all segments of length min(Lq, Lr)" if method.startswith("frame_level")
+        else f"all segments of length <= {options.get('max_length', 64)}")}
+    if transform is not None:
+      info["transform"] = getattr(transform, "__name__", "custom")
+    return predict_with_features(method, pairs, store, transform, **options), info
+  raise ValueError(f"unknown method {method!r}; expected one of {METHODS + DIAGNOSTICS}")
+
+
+def evaluate_baseline(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
+                      pairs: Sequence[pairs_lib.Pair], store: FeatureStore | None = None,
+                      split: str = "test", seed: int = 0, results_path: str | None = None,
+                      transform: Transform | None = None, **options) -> dict[str, Any]:
+  """Scores one method on the pairs; writes results + predictions if ``results_path``.
+
+  Returns:
+    ``{"split", "num_pairs", "mAP": {"0.1": …}, "mAP_avg", "method", …}`` (percent).
+  """
+  predicted, info = predict(method, entries, pairs, store, seed, transform, **options)
+  return metrics.evaluate_predictions(split, pairs, predicted, results_path, extra=info)
+
+
+def run_baseline(method: str, data_dir: str, split: str = "test", features: str | None = None,
+                 seed: int = 0, output: str | None = None, pair_seed: int = 0,
+                 pair_file: str | None = None, transform: Transform | None = None,
+                 **options) -> tuple[dict[str, Any], np.ndarray]:
+  """Reads a benchmark directory and runs one method on a split.
+
+  Args:
+    method: one of `METHODS` or `DIAGNOSTICS`.
+    data_dir: the benchmark directory (split JSONs; features for feature methods).
+    split: the evaluated split.
+    features: the feature file or directory (default: found in ``data_dir``).
+    seed: the ``random`` method's seed.
+    output: results JSON path; the predictions are written beside it.
+    pair_seed: seed of the evaluation pairs.
+    pair_file: an explicit pair file (default: `pairs.load_eval_pairs`'s).
+    transform: applied to the features (feature methods).
+    **options: see `predict`.
+
+  Returns:
+    The results dict and the predictions, int [N, 2] relative to each window,
+    in pair order.
+  """
+  split_file = splits_lib.split_path(data_dir, split)
+  entries = {split: splits_lib.load_split(split_file)}
+  if method == "stat_prior":
+    entries["train"] = splits_lib.load_split(splits_lib.split_path(data_dir, "train"))
+  pairs, _ = pairs_lib.load_eval_pairs(split_file, entries[split], split, seed=pair_seed,
+                                       pair_file=pair_file)
+  store = None
+  if method in FEATURE_METHODS:
+    store = open_features(features or find_features(data_dir))
+    store.preload([e for p in pairs for e in (p.query, p.reference)])
+  try:
+    predicted, info = predict(method, entries, pairs, store, seed, transform, **options)
+    results = metrics.evaluate_predictions(split, pairs, predicted, output, extra=info)
+  finally:
+    if store is not None:
+      store.close()
+  return results, predicted
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags (defined only when run as a program: the module is also a library)."""
+  flags.DEFINE_enum("method", None, list(METHODS + DIAGNOSTICS), "Baseline to run.")
+  flags.DEFINE_string("data_dir", None, "Benchmark directory (split JSONs, length.json, features).")
+  flags.DEFINE_string("features", None, "Feature HDF5 file or .npy directory (default: in data_dir).")
+  flags.DEFINE_enum("split", "test", list(splits_lib.SPLITS), "Split to evaluate.")
+  flags.DEFINE_string("output", None, "Results JSON; the predictions go beside it.")
+  flags.DEFINE_integer("seed", 0, "Seed of the random baseline.")
+  flags.DEFINE_integer("pair_seed", 0, "Seed of the evaluation pairs.")
+  flags.DEFINE_enum("project", None, ["class_subspace"],
+                    "Oracle projection of the features (synthetic benchmarks only).")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError("Too many command-line arguments.")
+  if not FLAGS.method or not FLAGS.data_dir:
+    raise app.UsageError("--method and --data_dir are required.")
+  transform = None
+  try:
+    if FLAGS.project == "class_subspace":
+      from vreloc_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+      basis = synthetic.class_subspace_projector(FLAGS.data_dir)
+
+      def class_subspace(x: np.ndarray) -> np.ndarray:
+        return x @ basis
+
+      transform = class_subspace
+    results, _ = run_baseline(FLAGS.method, FLAGS.data_dir, FLAGS.split, FLAGS.features,
+                              FLAGS.seed, FLAGS.output, FLAGS.pair_seed, transform=transform)
+  except ValueError as e:
+    raise SystemExit(f"vreloc_jax.baselines: error: {e}") from None
+  name = FLAGS.method + (f" ({FLAGS.project})" if FLAGS.project else "")
+  if "prior" in results:
+    print(f"training prior: start {results['prior'][0]:.4f}, end {results['prior'][1]:.4f}")
+  print(metrics.format_table({name: results}, title=(
+      f"{FLAGS.split} split, {results['num_pairs']} pairs ({os.path.abspath(FLAGS.data_dir)})")))
+  if FLAGS.output:
+    print(f"results: {FLAGS.output}; predictions: {metrics.predictions_path(FLAGS.output)}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,76 @@
+"""Orbax checkpoints of the training state in ``WORKDIR/checkpoints``.
+
+One `CheckpointManager` keeps the latest ``keep`` checkpoints and, beside
+them, the best one by val ``mAP_avg`` (each checkpoint is saved with its val
+metrics). A state restores onto any mesh: the restore target carries the
+shardings of the current devices, whatever the number of devices at saving.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+BEST_METRIC = "val_mAP_avg"
+
+
+def _best_metric(metrics: Any) -> float:
+  return float(metrics[BEST_METRIC])
+
+
+def manager(workdir: str, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+  """The checkpoint manager of a work directory."""
+  policy = pp.AnyPreservationPolicy([
+      pp.LatestN(n=keep),
+      pp.BestN(get_metric_fn=_best_metric, reverse=False, n=1,
+               keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, best_fn=_best_metric, best_mode="max",
+      create=not read_only, read_only=read_only, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any, metrics: dict[str, float]) -> None:
+  """Saves the state at ``step`` with its val metrics (used to find the best)."""
+  mgr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+  mgr.wait_until_finished()
+
+
+def resolve_step(mgr: ocp.CheckpointManager, which: str | int) -> int:
+  """The step of ``"best"``, ``"latest"`` or an explicit step.
+
+  Raises:
+    ValueError: no such checkpoint (the message lists the saved steps).
+  """
+  steps = list(mgr.all_steps())
+  if not steps:
+    raise ValueError(f"no checkpoint in {mgr.directory}")
+  if which == "best":
+    step = mgr.best_step()
+  elif which == "latest":
+    step = mgr.latest_step()
+  else:
+    try:
+      step = int(which)
+    except (TypeError, ValueError):
+      raise ValueError(f"checkpoint must be 'best', 'latest' or a step, got {which!r}") from None
+  if step not in steps:
+    raise ValueError(f"no checkpoint for step {step} in {mgr.directory}; saved steps: {steps}")
+  return int(step)
+
+
+def restore(mgr: ocp.CheckpointManager, which: str | int, target: Any) -> Any | None:
+  """Restores a checkpoint onto ``target``'s shapes and shardings.
+
+  Returns:
+    The state, or None if ``which`` is "latest" and nothing was saved yet.
+  """
+  if which == "latest" and mgr.latest_step() is None:
+    return None
+  step = resolve_step(mgr, which)
+  return mgr.restore(step, args=ocp.args.StandardRestore(target))

@@ -1,0 +1,811 @@
+"""A synthetic stand-in for the ActivityNet re-localization benchmark.
+
+  python -m vreloc_jax.data.synthetic --out=DIR [--seed=0] [--scale=1.0]
+  python -m vreloc_jax.data.synthetic --out=DIR --splits_from=REAL_DIR
+  python -m vreloc_jax.data.synthetic --measure=REAL_DIR
+
+`generate` writes a directory in the real benchmark's on-disk format, so the
+real readers read it unchanged: ``train.json`` / ``val.json`` / ``test.json``
+(entries ``{"id", "label", "location": [a, b], "groundtruth": [s, e]}``),
+``length.json`` (``{id: {"n_frames", "n_feat"}}``), the features as one HDF5
+file ``sub_activitynet_v1-3.c3d.hdf5`` in the ActivityNet layout (group
+``v_<id>``, dataset ``c3d_features`` ``[2 * n_feat - 1, 500]`` float16, one
+row every 8 frames: the benchmark's features are the even rows, an odd row is
+the mean of its two neighbours), and a manifest ``synthetic.json`` (seed,
+scale, version, parameters) that makes a second call a cache hit. Everything
+is written into a temporary directory beside the target and renamed into
+place, so an interrupted run never leaves a half-written dataset.
+
+The layout follows the real benchmark, measured from its split files (the
+constants below; ``--measure`` prints them again from a benchmark directory):
+200 classes split 160 / 20 / 20 with disjoint classes, 7,593 / 829 / 978
+entries at scale 1 (with the real per-class entry counts), several entries per
+video (the real distribution), and windows built by the benchmark authors'
+rule (`create_dataset.py` of Feng et al.): a video is a sequence of action
+instances of its class separated by background; each instance of 1-32
+features is an entry whose window runs from the last feature of the previous
+instance (or the video start) to the first feature of the next one (or the
+video end), cropped at random to 300 features keeping the segment. Instance
+lengths, gaps, lead and trail backgrounds and the chance of a longer (> 32,
+hence unlisted) instance next to an entry are drawn from the measured
+distributions. Videos end at their last window (only as long as needed).
+
+The features make the task need the query (see `FeatureParams`): each class
+is a trajectory through a few prototype vectors in a shared low-dimensional
+*class subspace*, played at a random speed; each action instance also carries
+a strong random *motion* vector of its own in a second subspace (so actions
+stand out from background, but any two actions look alike there); the
+background is a scene drawn from a pool shared by all videos plus a slowly
+drifting AR(1) state in a third subspace; actions of other classes of the same
+split are inserted into the background as distractors; and white noise with a
+decaying (PCA-like) spectrum covers all 500 dimensions. Single-frame cosine
+similarity in the raw space is dominated by noise, background and motion, so
+the frame-level baseline is weak (about the paper's 9.9 avg mAP), while
+temporal averaging, a learned projection onto the class subspace and
+comparison with the query recover the action.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import string
+import tempfile
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import h5py
+import numpy as np
+
+VERSION = 1
+FEATURE_DIM = 500
+HDF5_NAME = "sub_activitynet_v1-3.c3d.hdf5"
+HDF5_DATASET = "c3d_features"
+MANIFEST_NAME = "synthetic.json"
+SPLITS = ("train", "val", "test")
+MAX_WINDOW = 300  # The benchmark's window cap (create_dataset.py, --max_length).
+MAX_SEGMENT = 32  # The benchmark keeps instances of at most 32 features.
+
+# ---------------------------------------------------------------------------
+# Statistics of the real benchmark (data/activitynet_reloc, all three splits),
+# measured with `measure_statistics`; generation never reads the real files.
+# ---------------------------------------------------------------------------
+
+# Per-class entry counts of each split, sorted (160 / 20 / 20 classes; sums
+# 7,593 / 829 / 978).
+CLASS_ENTRY_COUNTS = {
+    "train": (
+        4, 4, 6, 8, 12, 12, 12, 12, 13, 13, 13, 16, 16, 16, 16, 16, 16, 17, 17, 18, 18, 18, 18,
+        19, 19, 19, 19, 20, 21, 21, 21, 21, 22, 22, 22, 22, 23, 23, 25, 25, 26, 26, 27, 27, 27,
+        27, 28, 28, 28, 29, 29, 30, 30, 30, 31, 32, 33, 33, 33, 33, 33, 34, 34, 34, 34, 35, 35,
+        35, 35, 36, 36, 36, 36, 37, 37, 38, 38, 38, 38, 38, 39, 39, 40, 40, 40, 40, 41, 42, 42,
+        43, 44, 45, 47, 48, 48, 50, 50, 50, 51, 52, 52, 52, 52, 53, 54, 54, 54, 55, 55, 55, 55,
+        56, 56, 57, 57, 57, 57, 58, 59, 60, 62, 62, 64, 64, 64, 66, 69, 69, 69, 69, 73, 75, 75,
+        75, 76, 77, 79, 82, 82, 84, 87, 87, 88, 90, 93, 93, 94, 97, 99, 101, 104, 106, 106, 110,
+        110, 118, 120, 139, 145, 192),
+    "val": (8, 16, 19, 22, 25, 27, 29, 30, 33, 34, 37, 43, 45, 45, 48, 55, 56, 63, 65, 129),
+    "test": (4, 9, 11, 12, 17, 21, 23, 30, 43, 50, 55, 57, 67, 68, 73, 79, 83, 89, 90, 97),
+}
+# Videos with k = 1, 2, … entries (4,729 videos).
+ENTRIES_PER_VIDEO_COUNTS = (2878, 814, 392, 253, 144, 87, 51, 44, 18, 16, 15, 2, 3, 1, 2, 2, 4,
+                            0, 1, 0, 2)
+# Entries with a segment of 1, 2, …, 32 features.
+SEGMENT_LENGTH_COUNTS = (94, 119, 290, 446, 475, 471, 513, 464, 400, 407, 439, 340, 356, 352, 371,
+                         319, 330, 283, 266, 249, 233, 261, 219, 219, 222, 194, 203, 164, 166, 184,
+                         198, 153)
+# Percentiles 0, 2.5, …, 100 of the background between two instances
+# (features), of the background before a video's first instance and after its
+# last one.
+QUANTILE_LEVELS = np.linspace(0.0, 100.0, 41)
+GAP_QUANTILES = (0, 1, 2, 3, 3, 4, 4, 5, 6, 6, 7, 7, 8, 9, 9, 10, 11, 11, 12, 13, 14, 15, 16, 17,
+                 18, 19, 21, 22, 24, 26, 28, 31, 34, 38, 42, 46, 52, 61, 74, 100, 251)
+LEAD_QUANTILES = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 14, 16, 18,
+                  20, 22, 25, 28, 31, 35, 39, 45, 49, 55, 62, 71, 80, 95, 112, 141, 270)
+TRAIL_QUANTILES = (0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 17, 19, 21,
+                   23, 25, 28, 31, 34, 38, 42, 47, 52, 57, 66, 74, 88, 105, 124, 158, 295)
+# Chance that an unlisted (longer than 32 features) instance lies before the
+# first entry of a video, between two consecutive entries, after the last one.
+P_HIDDEN_BEFORE = 0.140
+P_HIDDEN_BETWEEN = 0.071
+P_HIDDEN_AFTER = 0.161
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureParams:
+  """The generative model of the features (calibrated; see the module docstring).
+
+  Per feature step t of a video, in 500 dimensions:
+  ``x_t = Q_c c_t + Q_m m_t + Q_b (scene + drift_t) + noise_t``, where the
+  columns of ``Q_c`` / ``Q_m`` / ``Q_b`` are orthonormal (one random rotation
+  per seed), ``c_t`` is the class trajectory inside an action instance (else
+  0), ``m_t`` the instance's motion vector (else 0), ``scene`` one of
+  ``num_scenes`` shared scene vectors, ``drift_t`` an AR(1) process, and the
+  noise is white with per-dimension standard deviation decaying like a PCA
+  spectrum (mean square 1).
+  """
+
+  class_dim: int = 24  # Dimension of the class subspace.
+  motion_dim: int = 16  # Dimension of the per-instance motion subspace.
+  background_dim: int = 32  # Dimension of the background subspace.
+  num_prototypes: int = 4  # Prototype vectors per class trajectory.
+  class_scale: float = 3.0  # Norm of the class trajectory.
+  motion_scale: float = 4.0  # Norm of an instance's motion vector.
+  scene_scale: float = 4.0  # Norm scale of a scene vector.
+  drift_scale: float = 4.0  # Stationary norm scale of the drift.
+  drift_rho: float = 0.9  # AR(1) coefficient of the drift per feature step.
+  noise_scale: float = 1.0  # Root-mean-square per-dimension white noise.
+  noise_decay: float = 0.5  # Spectrum: std of dimension i ∝ (i + 10) ** -noise_decay.
+  num_scenes: int = 64  # Scenes shared by all videos.
+  speed_sigma: float = 0.3  # Log-normal spread of the playing-speed warp.
+  amplitude_range: tuple[float, float] = (0.8, 1.2)  # Per-instance gain of the class pattern.
+  distractor_probability: float = 0.6  # Chance a long enough background gap holds a distractor.
+  hidden_mean_length: float = 40.0  # Mean extra length (over 32) of an unlisted instance.
+
+
+DEFAULT_PARAMS = FeatureParams()
+_RENDER_CHUNK = 256  # Videos projected together (one matrix product).
+
+
+def scaled_class_counts(split: str, scale: float) -> list[int]:
+  """The per-class entry counts of a split at ``scale`` (at least 2 per class).
+
+  Scale 1 gives the real counts. Otherwise ``max(2, round(C * scale))``
+  classes are kept (at evenly spaced quantiles of the sorted real counts)
+  and share ``max(2 * classes, round(N * scale))`` entries in proportion to
+  their real counts (largest remainders; at least 2 each).
+  """
+  if not scale > 0:
+    raise ValueError(f"scale must be positive, got {scale}")
+  table = np.asarray(CLASS_ENTRY_COUNTS[split], dtype=np.float64)
+  if scale == 1.0:
+    return [int(c) for c in table]
+  n_classes = max(2, int(round(len(table) * scale)))
+  positions = (np.arange(n_classes) + 0.5) / n_classes * len(table) - 0.5
+  picked = table[np.clip(np.round(positions).astype(int), 0, len(table) - 1)]
+  extra = max(2 * n_classes, int(round(table.sum() * scale))) - 2 * n_classes
+  share = picked / picked.sum() * extra
+  counts = np.floor(share).astype(int)
+  order = np.argsort(-(share - counts), kind="stable")
+  counts[order[:extra - counts.sum()]] += 1
+  return [int(c) + 2 for c in counts]
+
+
+# ---------------------------------------------------------------------------
+# Layout: videos, action instances and the benchmark's windows.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Piece:
+  """One action instance on a video's timeline, ``[start, end)``."""
+
+  start: int
+  end: int
+  class_index: int  # Index into the world's classes.
+  kind: str  # "entry" | "hidden" (same class, unlisted) | "distractor" (another class)
+
+
+@dataclasses.dataclass
+class _Video:
+  video_id: str
+  split: str
+  label: int
+  class_index: int
+  n_feat: int
+  pieces: list[_Piece]
+  entries: list[dict[str, Any]]  # JSON entries, in time order.
+
+
+def _pmf_sampler(counts: Sequence[int]):
+  p = np.asarray(counts, dtype=np.float64)
+  p /= p.sum()
+  return lambda rng, size=None: rng.choice(len(p), size=size, p=p) + 1
+
+
+def _quantile_sample(rng: np.random.Generator, quantiles: Sequence[float]) -> int:
+  return int(np.floor(np.interp(rng.uniform(0.0, 100.0), QUANTILE_LEVELS, quantiles)))
+
+
+def _video_ids(rng: np.random.Generator, n: int) -> list[str]:
+  """``n`` distinct YouTube-like ids (11 characters of the URL-safe alphabet)."""
+  alphabet = np.array(list(string.ascii_letters + string.digits + "-_"))
+  out, seen = [], set()
+  while len(out) < n:
+    vid = "".join(alphabet[rng.integers(len(alphabet), size=11)])
+    if vid not in seen:
+      seen.add(vid)
+      out.append(vid)
+  return out
+
+
+def _windows(pieces: list[_Piece], n_feat: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+  """The benchmark's window of each "entry" piece (create_dataset.py's rule)."""
+  same = [p for p in pieces if p.kind != "distractor"]
+  entries = []
+  for i, p in enumerate(same):
+    if p.kind != "entry":
+      continue
+    a = same[i - 1].end - 1 if i > 0 else 0
+    b = same[i + 1].start + 1 if i + 1 < len(same) else n_feat
+    if b - a > MAX_WINDOW:
+      low, high = max(p.end - MAX_WINDOW, a), min(p.start, b - MAX_WINDOW)
+      a = int(rng.integers(low, high + 1))
+      b = a + MAX_WINDOW
+    entries.append({"location": [a, b], "groundtruth": [p.start - a, p.end - a]})
+  return entries
+
+
+def _insert_distractors(pieces: list[_Piece], n_feat: int, others: Sequence[int],
+                        params: FeatureParams, rng: np.random.Generator,
+                        sample_length) -> list[_Piece]:
+  """Adds actions of other classes into the background gaps (1 feature margin)."""
+  if not others or params.distractor_probability <= 0:
+    return pieces
+  out = []
+  prev_end = 0
+  for p in sorted(pieces, key=lambda p: p.start) + [None]:
+    gap_end = p.start if p is not None else n_feat
+    gap = gap_end - prev_end
+    if gap >= 4 and rng.random() < params.distractor_probability:
+      length = min(int(sample_length(rng)), gap - 2)
+      start = prev_end + 1 + int(rng.integers(gap - 2 - length + 1))
+      out.append(_Piece(start, start + length, int(rng.choice(others)), "distractor"))
+    if p is not None:
+      out.append(p)
+      prev_end = p.end
+  return out
+
+
+def _layout_video(k: int, class_index: int, rng: np.random.Generator,
+                  params: FeatureParams, sample_length) -> tuple[list[_Piece], int]:
+  """The timeline of one video holding ``k`` entries of its class."""
+
+  def hidden(start: int) -> _Piece:
+    extra = 1 + int(rng.exponential(params.hidden_mean_length))
+    return _Piece(start, start + MAX_SEGMENT + extra, class_index, "hidden")
+
+  pieces: list[_Piece] = []
+  t = _quantile_sample(rng, LEAD_QUANTILES)
+  if rng.random() < P_HIDDEN_BEFORE:
+    pieces.append(hidden(t))
+    t = pieces[-1].end + _quantile_sample(rng, GAP_QUANTILES)
+  for i in range(k):
+    length = int(sample_length(rng))
+    pieces.append(_Piece(t, t + length, class_index, "entry"))
+    t += length
+    if i + 1 < k:
+      if rng.random() < P_HIDDEN_BETWEEN:
+        pieces.append(hidden(t + _quantile_sample(rng, GAP_QUANTILES)))
+        t = pieces[-1].end
+      t += _quantile_sample(rng, GAP_QUANTILES)
+  if rng.random() < P_HIDDEN_AFTER:
+    pieces.append(hidden(t + _quantile_sample(rng, GAP_QUANTILES)))
+    n_feat = pieces[-1].end  # No background after it: videos only as long as needed.
+  else:
+    n_feat = t + _quantile_sample(rng, TRAIL_QUANTILES)
+  return pieces, max(n_feat, 1)
+
+
+def _layout(seed: int, scale: float, params: FeatureParams) -> tuple[list[_Video], dict]:
+  """All videos of the three splits, with their entries, for ``(seed, scale)``."""
+  rng = np.random.default_rng([seed, 0])
+  sample_k = _pmf_sampler(ENTRIES_PER_VIDEO_COUNTS)
+  sample_length = _pmf_sampler(SEGMENT_LENGTH_COUNTS)
+  total_classes = sum(len(v) for v in CLASS_ENTRY_COUNTS.values())
+  labels = [int(x) for x in rng.choice(np.arange(60, 420), size=total_classes, replace=False)]
+  counts = {s: scaled_class_counts(s, scale) for s in SPLITS}
+  n_videos_max = sum(sum(c) for c in counts.values())
+  ids = _video_ids(rng, n_videos_max)
+  videos: list[_Video] = []
+  class_offset = 0
+  classes = {}
+  for split in SPLITS:
+    split_classes = list(range(class_offset, class_offset + len(counts[split])))
+    class_offset += len(CLASS_ENTRY_COUNTS[split])
+    targets = list(counts[split])
+    rng.shuffle(targets)
+    classes[split] = [labels[c] for c in split_classes]
+    split_videos = []
+    for c, target in zip(split_classes, targets):
+      remaining = target
+      while remaining > 0:
+        k = min(int(sample_k(rng)), remaining)
+        # A class's first video never holds all its entries: queries come from other videos.
+        if remaining == target and k == target and target > 1:
+          k = target - 1
+        pieces, n_feat = _layout_video(k, c, rng, params, sample_length)
+        entries = _windows(pieces, n_feat, rng)
+        others = [o for o in split_classes if o != c]
+        pieces = _insert_distractors(pieces, n_feat, others, params, rng, sample_length)
+        split_videos.append(_Video(ids[len(videos) + len(split_videos)], split, labels[c], c,
+                                   n_feat, pieces, entries))
+        remaining -= k
+    order = rng.permutation(len(split_videos))
+    videos.extend(split_videos[i] for i in order)
+  return videos, {"labels": classes}
+
+
+# ---------------------------------------------------------------------------
+# Features.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class World:
+  """The seed's fixed random structure: subspaces, class prototypes, scenes."""
+
+  class_basis: np.ndarray  # [D, class_dim] orthonormal columns
+  motion_basis: np.ndarray  # [D, motion_dim]
+  background_basis: np.ndarray  # [D, background_dim]
+  prototypes: np.ndarray  # [num_classes, num_prototypes, class_dim], unit rows
+  scenes: np.ndarray  # [num_scenes, background_dim]
+  noise_std: np.ndarray  # [D] per-dimension white-noise std, float32
+
+  @property
+  def projection(self) -> np.ndarray:
+    """Latent (class, motion, background) coordinates → features: float32 [dims, D], C-order."""
+    if getattr(self, "_projection", None) is None:
+      basis = np.concatenate([self.class_basis, self.motion_basis, self.background_basis], axis=1)
+      self._projection = np.ascontiguousarray(basis.T, dtype=np.float32)
+    return self._projection
+
+
+def make_world(seed: int, num_classes: int, params: FeatureParams = DEFAULT_PARAMS) -> World:
+  """The random structure shared by every video of a generated benchmark."""
+  rng = np.random.default_rng([seed, 1])
+  dims = params.class_dim + params.motion_dim + params.background_dim
+  basis, _ = np.linalg.qr(rng.standard_normal((FEATURE_DIM, dims)))
+  c, m = params.class_dim, params.class_dim + params.motion_dim
+  prototypes = rng.standard_normal((num_classes, params.num_prototypes, params.class_dim))
+  prototypes /= np.linalg.norm(prototypes, axis=-1, keepdims=True)
+  scenes = rng.standard_normal((params.num_scenes, params.background_dim))
+  scenes *= params.scene_scale / np.sqrt(params.background_dim)
+  spectrum = (np.arange(FEATURE_DIM) + 10.0) ** -params.noise_decay
+  spectrum *= params.noise_scale / np.sqrt(np.mean(spectrum ** 2))
+  return World(class_basis=basis[:, :c], motion_basis=basis[:, c:m],
+               background_basis=basis[:, m:], prototypes=prototypes, scenes=scenes,
+               noise_std=spectrum.astype(np.float32))
+
+
+def _ar1(eps: np.ndarray, rho: float, block: int = 128) -> np.ndarray:
+  """AR(1) ``u_t = rho u_{t-1} + eps_t`` along axis 0 (vectorized by blocks; u_0 = eps_0)."""
+  out = np.empty_like(eps)
+  powers = rho ** np.arange(block, dtype=np.float64)  # [block]
+  carry = np.zeros(eps.shape[1:], dtype=np.float64)
+  for start in range(0, eps.shape[0], block):
+    chunk = eps[start:start + block].astype(np.float64)
+    p = powers[:chunk.shape[0], None]
+    acc = np.cumsum(chunk / p, axis=0) * p + carry * (p * rho)
+    out[start:start + block] = acc
+    carry = acc[-1]
+  return out
+
+
+def video_latent(pieces: Sequence[_Piece], n_feat: int, world: World, params: FeatureParams,
+                 rng: np.random.Generator) -> np.ndarray:
+  """The structured part of one video in latent coordinates.
+
+  Returns:
+    float32 [n_feat, class_dim + motion_dim + background_dim]: the class
+    trajectory, the motion vector of the instances and the background, in
+    that order (``latent @ world.projection`` gives the noiseless features).
+  """
+  class_coords = np.zeros((n_feat, params.class_dim))
+  motion = np.zeros((n_feat, params.motion_dim))
+  for p in pieces:
+    length = p.end - p.start
+    warp = np.exp(rng.normal(0.0, params.speed_sigma))
+    phase = ((np.arange(length) + 0.5) / length) ** warp  # [length] in (0, 1)
+    protos = world.prototypes[p.class_index]  # [P, class_dim]
+    position = phase * (params.num_prototypes - 1)
+    first = np.minimum(position.astype(int), params.num_prototypes - 2)  # [length]
+    frac = (position - first)[:, None]
+    traj = protos[first] * (1.0 - frac) + protos[first + 1] * frac  # [length, class_dim]
+    traj /= np.linalg.norm(traj, axis=-1, keepdims=True) + 1e-9
+    gain = rng.uniform(*params.amplitude_range)
+    class_coords[p.start:p.end] = params.class_scale * gain * traj
+    direction = rng.standard_normal(params.motion_dim)
+    motion[p.start:p.end] = params.motion_scale * direction / np.linalg.norm(direction)
+  scene = world.scenes[rng.integers(len(world.scenes))]
+  eps = rng.standard_normal((n_feat, params.background_dim))
+  eps *= params.drift_scale * np.sqrt(1.0 - params.drift_rho ** 2) / np.sqrt(params.background_dim)
+  eps[0] /= np.sqrt(1.0 - params.drift_rho ** 2)  # Start from the stationary distribution.
+  background = scene + _ar1(eps, params.drift_rho)
+  return np.concatenate([class_coords, motion, background], axis=1).astype(np.float32)
+
+
+def _add_noise(features: np.ndarray, world: World, rng: np.random.Generator) -> np.ndarray:
+  noise = rng.standard_normal(features.shape, dtype=np.float32)
+  noise *= world.noise_std
+  features += noise
+  return features
+
+
+def render_video(pieces: Sequence[_Piece], n_feat: int, world: World, params: FeatureParams,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """The features of one video and their clean class-subspace coordinates.
+
+  Returns:
+    features: float32 [n_feat, D].
+    class_coords: float32 [n_feat, class_dim], the class trajectory alone.
+  """
+  latent = video_latent(pieces, n_feat, world, params, rng)
+  features = _add_noise(latent @ world.projection, world, rng)  # [n_feat, D]
+  return features, latent[:, :params.class_dim]
+
+
+def hdf5_rows(features: np.ndarray) -> np.ndarray:
+  """ActivityNet rows (one every 8 frames) from features (one every 16): float16 [2n-1, D]."""
+  n = features.shape[0]
+  rows = np.empty((2 * n - 1, features.shape[1]), dtype=np.float16)
+  rows[0::2] = features.astype(np.float16)
+  odd = features[:-1] + features[1:]
+  odd *= 0.5
+  rows[1::2] = odd.astype(np.float16)
+  return rows
+
+
+# ---------------------------------------------------------------------------
+# Writing.
+# ---------------------------------------------------------------------------
+
+
+def _dump_json(path: str, obj: Any, **kwargs) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, **kwargs)
+
+
+def _manifest(seed: int, scale: float, params: FeatureParams, splits_from: str | None) -> dict:
+  return {"generator": "vreloc_jax.data.synthetic", "version": VERSION, "seed": seed,
+          "scale": scale, "splits_from": os.path.abspath(splits_from) if splits_from else None,
+          "feature_dim": FEATURE_DIM, "features": HDF5_NAME, "feature_dtype": "float16",
+          "params": dataclasses.asdict(params)}
+
+
+def _same_manifest(path: str, manifest: dict) -> bool:
+  try:
+    with open(path, "r", encoding="utf-8") as f:
+      found = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return False
+  return {k: found.get(k) for k in manifest} == json.loads(json.dumps(manifest))
+
+
+def _write_features(path: str, videos: Sequence[_Video], world: World, params: FeatureParams,
+                    seed: int) -> int:
+  """Renders and writes every video's features; returns the number of features."""
+  total = 0
+  with h5py.File(path, "w", libver="earliest") as f:
+    for first in range(0, len(videos), _RENDER_CHUNK):
+      chunk = videos[first:first + _RENDER_CHUNK]
+      rngs = [np.random.default_rng([seed, 2, first + i]) for i in range(len(chunk))]
+      latents = [video_latent(v.pieces, v.n_feat, world, params, r) for v, r in zip(chunk, rngs)]
+      # One projection per chunk: small matrix products are slow on a busy machine.
+      clean = np.concatenate(latents) @ world.projection  # [sum n_feat, D]
+      offset = 0
+      for video, rng in zip(chunk, rngs):
+        features = _add_noise(clean[offset:offset + video.n_feat], world, rng)
+        offset += video.n_feat
+        f.create_group(f"v_{video.video_id}").create_dataset(HDF5_DATASET,
+                                                             data=hdf5_rows(features))
+      total += offset
+  return total
+
+
+def _n_frames(n_feat: int, rng: np.random.Generator) -> int:
+  """Frames of a video with ``n_feat`` features: ``n_feat = n_frames // 16`` (jitter 0-15)."""
+  return 16 * n_feat + int(rng.integers(16))
+
+
+def _layout_from_splits(splits_from: str, seed: int, params: FeatureParams
+                        ) -> tuple[list[_Video], dict]:
+  """Videos of a real benchmark's split files: its entries and lengths, our timelines."""
+  rng = np.random.default_rng([seed, 3])
+  sample_length = _pmf_sampler(SEGMENT_LENGTH_COUNTS)
+  with open(os.path.join(splits_from, "length.json"), "r", encoding="utf-8") as f:
+    lengths = json.load(f)
+  raw = {}
+  for split in SPLITS:
+    with open(os.path.join(splits_from, f"{split}.json"), "r", encoding="utf-8") as f:
+      raw[split] = json.load(f)
+  all_labels = sorted({e["label"] for split in SPLITS for e in raw[split]})
+  class_of = {label: i for i, label in enumerate(all_labels)}
+  videos = []
+  for split in SPLITS:
+    split_classes = sorted({class_of[e["label"]] for e in raw[split]})
+    by_video = collections.defaultdict(list)
+    for e in raw[split]:
+      by_video[e["id"]].append(e)
+    for vid in sorted(by_video):
+      entries = by_video[vid]
+      info = lengths.get(vid)
+      if not isinstance(info, dict) or not isinstance(info.get("n_feat"), int):
+        raise ValueError(f"{splits_from}/length.json: video v_{vid} (used by {split}.json) "
+                         "has no 'n_feat'")
+      n_feat = info["n_feat"]
+      pieces, taken = [], set()
+      for e in entries:
+        start, end = e["location"][0] + e["groundtruth"][0], e["location"][0] + e["groundtruth"][1]
+        if end > n_feat:
+          raise ValueError(f"{splits_from}/{split}.json: video v_{vid}: segment [{start}, {end}) "
+                           f"ends past its {n_feat} features")
+        if (start, end) not in taken:
+          taken.add((start, end))
+          pieces.append(_Piece(start, end, class_of[e["label"]], "entry"))
+      c = class_of[entries[0]["label"]]
+      others = [o for o in split_classes if o != c]
+      pieces = _insert_distractors(pieces, n_feat, others, params, rng, sample_length)
+      videos.append(_Video(vid, split, entries[0]["label"], c, n_feat, pieces, entries))
+  return videos, {"labels": {s: sorted({e["label"] for e in raw[s]}) for s in SPLITS},
+                  "num_classes": len(all_labels), "raw": raw}
+
+
+def generate(out_dir: str, seed: int = 0, scale: float = 1.0, splits_from: str | None = None,
+             params: FeatureParams = DEFAULT_PARAMS, overwrite: bool = False) -> dict[str, Any]:
+  """Generates (or finds cached) a synthetic benchmark directory.
+
+  Args:
+    out_dir: the benchmark directory to create. If it already holds a dataset
+      generated with the same arguments (its ``synthetic.json``), nothing is
+      regenerated.
+    seed: seeds everything; the same seed gives byte-identical JSON files and
+      identical feature arrays.
+    scale: fraction of the real entry counts (and classes) to generate; 1.0
+      is the real benchmark's size. Ignored with ``splits_from``.
+    splits_from: a real benchmark directory; its split files and
+      ``length.json`` are copied and only the features are synthesized (for
+      every video the splits use, ``n_feat`` from ``length.json``).
+    params: the feature model.
+    overwrite: replace an existing, different dataset at ``out_dir``.
+
+  Returns:
+    A summary: the manifest plus per-split counts, the feature file's size,
+    the total number of features and the generation time in seconds.
+
+  Raises:
+    ValueError: ``out_dir`` holds something else (and not ``overwrite``), or
+      the inputs are invalid.
+  """
+  start_time = time.time()
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  manifest = _manifest(seed, scale if splits_from is None else 1.0, params, splits_from)
+  manifest_path = os.path.join(out_dir, MANIFEST_NAME)
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if _same_manifest(manifest_path, manifest):
+      with open(manifest_path, "r", encoding="utf-8") as f:
+        return {**json.load(f), "cached": True, "seconds": time.time() - start_time}
+    if not overwrite:
+      raise ValueError(f"{out_dir} already holds something other than this synthetic dataset "
+                       f"(seed {seed}, scale {scale}); choose another --out or pass overwrite")
+  elif os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f"{out_dir} exists and is not a directory")
+
+  if splits_from is not None:
+    for name in (*[f"{s}.json" for s in SPLITS], "length.json"):
+      if not os.path.isfile(os.path.join(splits_from, name)):
+        raise ValueError(f"--splits_from {splits_from}: {name} is missing")
+    videos, info = _layout_from_splits(splits_from, seed, params)
+    num_classes = info["num_classes"]
+  else:
+    videos, info = _layout(seed, scale, params)
+    num_classes = sum(len(v) for v in CLASS_ENTRY_COUNTS.values())
+  world = make_world(seed, num_classes, params)
+
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+  try:
+    summary_splits = {}
+    if splits_from is not None:
+      for name in (*[f"{s}.json" for s in SPLITS], "length.json"):
+        shutil.copyfile(os.path.join(splits_from, name), os.path.join(tmp, name))
+      for split in SPLITS:
+        entries = info["raw"][split]
+        summary_splits[split] = {"entries": len(entries),
+                                 "videos": len({e["id"] for e in entries}),
+                                 "classes": len(info["labels"][split])}
+    else:
+      rng = np.random.default_rng([seed, 4])
+      lengths = {}
+      for split in SPLITS:
+        rows = []
+        for v in videos:
+          if v.split == split:
+            rows.extend({"id": v.video_id, "label": v.label, **e} for e in v.entries)
+        rows = [{k: r[k] for k in ("id", "label", "location", "groundtruth")} for r in rows]
+        _dump_json(os.path.join(tmp, f"{split}.json"), rows)
+        summary_splits[split] = {"entries": len(rows),
+                                 "videos": sum(v.split == split for v in videos),
+                                 "classes": len(info["labels"][split])}
+      for v in videos:
+        lengths[v.video_id] = {"n_feat": v.n_feat, "n_frames": _n_frames(v.n_feat, rng)}
+      _dump_json(os.path.join(tmp, "length.json"), lengths)
+    n_features = _write_features(os.path.join(tmp, HDF5_NAME), videos, world, params, seed)
+    _dump_json(os.path.join(tmp, MANIFEST_NAME), manifest, indent=1)
+    if os.path.isdir(out_dir):
+      if os.listdir(out_dir):  # overwrite=True: move the old dataset aside, then delete it.
+        old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-")
+        os.rename(out_dir, os.path.join(old, "d"))
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+      else:
+        os.rmdir(out_dir)
+        os.rename(tmp, out_dir)
+    else:
+      os.rename(tmp, out_dir)
+  except OSError:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if _same_manifest(manifest_path, manifest):  # Another process finished it first.
+      with open(manifest_path, "r", encoding="utf-8") as f:
+        return {**json.load(f), "cached": True, "seconds": time.time() - start_time}
+    raise
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return {**manifest, "cached": False, "splits": summary_splits, "num_videos": len(videos),
+          "num_features": n_features,
+          "feature_file_bytes": os.path.getsize(os.path.join(out_dir, HDF5_NAME)),
+          "seconds": time.time() - start_time}
+
+
+# ---------------------------------------------------------------------------
+# Measuring a benchmark directory (the source of the constants above).
+# ---------------------------------------------------------------------------
+
+
+def measure_statistics(data_dir: str) -> dict[str, Any]:
+  """Statistics of a benchmark directory's split files (real or synthetic).
+
+  Returns:
+    A dict with, over the three splits together: ``window_lengths``,
+    ``segment_lengths``, ``relative_starts`` / ``relative_ends`` (s / W and
+    e / W) as numpy arrays; ``entries_per_video`` counts (k = 1, 2, …);
+    per split ``class_entry_counts`` (sorted), ``entries``, ``videos``,
+    ``classes``; and the background tables ``gap_quantiles``,
+    ``lead_quantiles``, ``trail_quantiles`` (at `QUANTILE_LEVELS`) with the
+    chances of an unlisted instance ``p_hidden_before`` / ``_between`` /
+    ``_after``.
+  """
+  with open(os.path.join(data_dir, "length.json"), "r", encoding="utf-8") as f:
+    n_feat = {k: v["n_feat"] for k, v in json.load(f).items()}
+  out: dict[str, Any] = {"splits": {}}
+  windows, segs, starts, ends, per_video = [], [], [], [], []
+  gaps, leads, trails = [], [], []
+  hidden = {"before": [0, 0], "between": [0, 0], "after": [0, 0]}
+  for split in SPLITS:
+    with open(os.path.join(data_dir, f"{split}.json"), "r", encoding="utf-8") as f:
+      raw = json.load(f)
+    by_video = collections.defaultdict(list)
+    for e in raw:
+      by_video[e["id"]].append(e)
+      (a, b), (s, t) = e["location"], e["groundtruth"]
+      windows.append(b - a)
+      segs.append(t - s)
+      starts.append(s / (b - a))
+      ends.append(t / (b - a))
+    out["splits"][split] = {
+        "entries": len(raw), "videos": len(by_video),
+        "classes": len({e["label"] for e in raw}),
+        "class_entry_counts": sorted(collections.Counter(e["label"] for e in raw).values())}
+    for vid, es in by_video.items():
+      per_video.append(len(es))
+      es = sorted(es, key=lambda e: e["location"][0] + e["groundtruth"][0])
+      spans = [(e["location"][0], e["location"][1], e["location"][0] + e["groundtruth"][0],
+                e["location"][0] + e["groundtruth"][1]) for e in es]
+      a, b, st, en = spans[0]
+      if b - a < MAX_WINDOW:
+        hidden["before"][a != 0] += 1
+        (leads if a == 0 else gaps).append(st if a == 0 else st - a - 1)
+      a, b, st, en = spans[-1]
+      if b - a < MAX_WINDOW:
+        hidden["after"][b != n_feat[vid]] += 1
+        (trails if b == n_feat[vid] else gaps).append(
+            n_feat[vid] - en if b == n_feat[vid] else b - 1 - en)
+      for (pa, pb, pst, pen), (qa, qb, qst, qen) in zip(spans[:-1], spans[1:]):
+        if pb - pa >= MAX_WINDOW or qb - qa >= MAX_WINDOW:
+          continue
+        adjacent = qa == pen - 1 and pb == qst + 1
+        hidden["between"][not adjacent] += 1
+        gaps.extend([qst - pen] if adjacent else [pb - 1 - pen, qst - qa - 1])
+  out.update({
+      "window_lengths": np.asarray(windows), "segment_lengths": np.asarray(segs),
+      "relative_starts": np.asarray(starts), "relative_ends": np.asarray(ends),
+      "entries_per_video": np.bincount(per_video)[1:].tolist(),
+      "gap_quantiles": np.percentile(np.maximum(gaps, 0), QUANTILE_LEVELS).tolist(),
+      "lead_quantiles": np.percentile(leads, QUANTILE_LEVELS).tolist(),
+      "trail_quantiles": np.percentile(trails, QUANTILE_LEVELS).tolist(),
+      **{f"p_hidden_{k}": v[1] / max(1, sum(v)) for k, v in hidden.items()}})
+  return out
+
+
+def _print_statistics(data_dir: str) -> None:
+  stats = measure_statistics(data_dir)
+  q = (0, 5, 10, 25, 50, 75, 90, 95, 100)
+  for name in ("window_lengths", "segment_lengths", "relative_starts", "relative_ends"):
+    values = stats[name]
+    print(f"{name:16s} mean {values.mean():8.3f}  percentiles {q}: "
+          f"{np.round(np.percentile(values, q), 3).tolist()}")
+  for split, s in stats["splits"].items():
+    print(f"{split}: {s['entries']} entries, {s['videos']} videos, {s['classes']} classes; "
+          f"per-class counts {s['class_entry_counts']}")
+  print("entries per video", stats["entries_per_video"])
+  for name in ("gap_quantiles", "lead_quantiles", "trail_quantiles"):
+    print(name, [int(np.floor(v)) for v in stats[name]])
+  print("p_hidden before / between / after: "
+        f"{stats['p_hidden_before']:.3f} / {stats['p_hidden_between']:.3f} / "
+        f"{stats['p_hidden_after']:.3f}")
+
+
+# ---------------------------------------------------------------------------
+# Oracle access for calibration: the true class subspace of a generated set.
+# ---------------------------------------------------------------------------
+
+
+def class_subspace_projector(data_dir: str) -> np.ndarray:
+  """The class-subspace basis of a generated benchmark, float32 [D, class_dim].
+
+  An oracle for calibration only (a model must learn it): ``features @ P``
+  keeps the class trajectories and the noise in that subspace, and drops the
+  motion, background and the rest of the noise.
+  """
+  manifest_path = os.path.join(data_dir, MANIFEST_NAME)
+  if not os.path.isfile(manifest_path):
+    raise ValueError(f"{data_dir} has no {MANIFEST_NAME}: not a synthetic benchmark")
+  with open(manifest_path, "r", encoding="utf-8") as f:
+    manifest = json.load(f)
+  if manifest.get("version") != VERSION:
+    raise ValueError(f"{manifest_path}: version {manifest.get('version')}, expected {VERSION}")
+  raw = dict(manifest["params"])
+  raw["amplitude_range"] = tuple(raw["amplitude_range"])
+  params = FeatureParams(**raw)
+  rng = np.random.default_rng([manifest["seed"], 1])
+  dims = params.class_dim + params.motion_dim + params.background_dim
+  basis, _ = np.linalg.qr(rng.standard_normal((FEATURE_DIM, dims)))
+  return basis[:, :params.class_dim].astype(np.float32)
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags (defined only when run as a program: the module is also a library)."""
+  flags.DEFINE_string("out", None, "Directory to write the synthetic benchmark into.")
+  flags.DEFINE_integer("seed", 0, "Seed of everything generated.")
+  flags.DEFINE_float("scale", 1.0, "Fraction of the real benchmark's entry counts.")
+  flags.DEFINE_string("splits_from", None,
+                      "A real benchmark directory: keep its splits and length.json, "
+                      "synthesize only the features.")
+  flags.DEFINE_bool("overwrite", False, "Replace a different dataset already at --out.")
+  flags.DEFINE_string("measure", None, "Print the statistics of a benchmark directory and exit.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError("Too many command-line arguments.")
+  if FLAGS.measure:
+    _print_statistics(FLAGS.measure)
+    return
+  if not FLAGS.out:
+    raise app.UsageError("--out is required (or --measure=DIR).")
+  try:
+    summary = generate(FLAGS.out, seed=FLAGS.seed, scale=FLAGS.scale,
+                       splits_from=FLAGS.splits_from, overwrite=FLAGS.overwrite)
+  except ValueError as e:
+    raise SystemExit(f"vreloc_jax.data.synthetic: error: {e}") from None
+  if summary.get("cached"):
+    print(f"{FLAGS.out}: already generated (seed {summary['seed']}, scale {summary['scale']}).")
+    return
+  for split, s in summary["splits"].items():
+    print(f"{split:5s}: {s['entries']:5d} entries, {s['videos']:5d} videos, {s['classes']:3d} classes")
+  print(f"{summary['num_features']} features, {summary['feature_file_bytes'] / 2**20:.1f} MiB "
+        f"({HDF5_NAME}), {summary['seconds']:.1f} s -> {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

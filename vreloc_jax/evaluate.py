@@ -1,0 +1,70 @@
+"""Evaluates a saved checkpoint of a work directory on a split's fixed pairs.
+
+  python -m vreloc_jax.evaluate --workdir=W --checkpoint=best --split=test
+
+``--checkpoint`` is ``best`` (by val mAP_avg), ``latest`` or a step number.
+Writes ``W/results/<split>_step<k>.json`` and its predictions file (or
+``--output``) and prints the table row. Works on any number of devices.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+import jax
+
+from vreloc_jax import checkpoints
+from vreloc_jax import metrics
+from vreloc_jax import sharding
+from vreloc_jax import train
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a program (the module is importable)."""
+  flags.DEFINE_string("workdir", None, "A work directory written by vreloc_jax.main.")
+  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  flags.DEFINE_enum("split", "test", ["val", "test"], "Split to evaluate on.")
+  flags.DEFINE_string("output", None, "Results file (default W/results/<split>_step<k>.json).")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
+                        output: str | None = None) -> dict:
+  """Restores ``checkpoint`` of ``workdir`` and scores it on ``split``."""
+  config = train.load_config(workdir)
+  mesh = sharding.make_mesh()
+  bench = train.load_benchmark(config, split_names=(split,))
+  runner = train.Runner(config, mesh, bench.feature_dim)
+  manager = checkpoints.manager(workdir, read_only=True)
+  step = checkpoints.resolve_step(manager, checkpoint)
+  state = checkpoints.restore(manager, step, runner.abstract_state())
+  output = output or os.path.join(workdir, "results", f"{split}_step{step}.json")
+  results = train.evaluate(runner, state["params"], bench, split, output,
+                           {"checkpoint_step": step, "config": config.supervision,
+                            "variant": config.variant, "inference": config.eval.inference})
+  manager.close()
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError("Too many command-line arguments.")
+  sharding.quiet_library_logs()
+  sharding.enable_compilation_cache()
+  sharding.initialize_distributed()
+  try:
+    results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output)
+  except ValueError as e:
+    raise SystemExit(f"vreloc_jax.evaluate: error: {e}") from None
+  if jax.process_index() == 0:
+    name = f"checkpoint {results['checkpoint_step']} ({FLAGS.split})"
+    print(metrics.format_table({name: results}))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,248 @@
+"""Training losses: weighted cross-entropy (full supervision) and co-attention (weak).
+
+Channels of `logits` / `probs`: (start, end, inside, outside). Segments are [s, e)
+relative to the reference window, end exclusive. Masks are bool, True = valid.
+Everything is masked: padded steps and filler examples (`example_mask` False) have no
+effect on the value or the gradient.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+START, END, INSIDE, OUTSIDE = 0, 1, 2, 3
+BOUNDARY_WEIGHT = 10.0  # w_i at start/end steps (eq. 19, Feng et al. 2018)
+# Smallest probability mass a masked region must keep for its mask to be used; below
+# it the co-attention loss falls back to the unmasked probabilities (see below).
+MASS_EPSILON = 1e-6
+COSINE_EPSILON = 1e-8  # norm product floor in the cosine similarity
+
+
+def _concrete(x) -> np.ndarray | None:
+  """Returns `x` as numpy when it is a concrete (non-traced) value, else None."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def _check_segments(segment, reference_mask, example_mask) -> None:
+  """Raises ValueError unless 0 <= s < e <= length for every real example.
+
+  Only checked for concrete (eager) inputs; under jit the check is skipped. Examples
+  with example_mask False or without valid reference steps (fillers) are not checked.
+  """
+  seg, ref = _concrete(segment), _concrete(reference_mask)
+  ex = None if example_mask is None else _concrete(example_mask)
+  if seg is None or ref is None or (example_mask is not None and ex is None):
+    return
+  if seg.shape != (ref.shape[0], 2):
+    raise ValueError(f"segment: expected shape [{ref.shape[0]}, 2], got {seg.shape}")
+  lengths = ref.astype(bool).sum(axis=1)
+  real = lengths > 0
+  if ex is not None:
+    real &= ex.astype(bool)
+  bad = real & ((seg[:, 0] < 0) | (seg[:, 1] <= seg[:, 0]) | (seg[:, 1] > lengths))
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(f"segment of example {i} is {seg[i].tolist()}; need 0 <= s < e <= "
+                     f"reference length {int(lengths[i])}")
+
+
+def segment_mask(segments: jax.Array, len_ref: int) -> jax.Array:
+  """Marks the steps of each segment.
+
+  Args:
+    segments: int[batch, 2], [s, e) with exclusive end.
+    len_ref: padded reference length Lr (static int).
+
+  Returns:
+    bool[batch, len_ref], True on [s, e).
+  """
+  steps = jnp.arange(len_ref)[None, :]  # [1, Lr]
+  return (steps >= segments[:, :1]) & (steps < segments[:, 1:2])
+
+
+def soft_labels(segment: jax.Array, len_ref: int) -> jax.Array:
+  """Per-step soft targets (start, end, inside, outside), each row summing to 1.
+
+  Start is one-hot at s, end one-hot at e - 1, inside covers [s, e), outside the
+  rest; each row is then normalized: the start step is 0.5 start + 0.5 inside, the
+  end step 0.5 end + 0.5 inside, a one-step segment 1/3 start, end, inside.
+
+  Args:
+    segment: int[batch, 2], [s, e) with 0 <= s < e <= reference length. Degenerate
+      segments (e.g. [0, 0] of filler examples) give finite rows too.
+    len_ref: padded reference length Lr (static int).
+
+  Returns:
+    float32[batch, len_ref, 4]; every row sums to 1.
+  """
+  steps = jnp.arange(len_ref)[None, :]  # [1, Lr]
+  start = steps == segment[:, :1]  # [B, Lr]
+  end = steps == segment[:, 1:2] - 1
+  inside = segment_mask(segment, len_ref)
+  labels = jnp.stack([start, end, inside, ~inside], axis=-1).astype(jnp.float32)  # [B, Lr, 4]
+  return labels / labels.sum(axis=-1, keepdims=True)
+
+
+def _valid_steps(reference_mask: jax.Array, example_mask: jax.Array | None) -> jax.Array:
+  """bool[batch, len_ref]: valid steps of valid examples."""
+  valid = reference_mask.astype(bool)
+  if example_mask is not None:
+    valid = valid & example_mask.astype(bool)[:, None]
+  return valid
+
+
+def weighted_cross_entropy(logits: jax.Array, segment: jax.Array, reference_mask: jax.Array,
+                           example_mask: jax.Array | None = None) -> jax.Array:
+  """Boundary-weighted soft-label cross-entropy (eq. 19, as Feng et al. 2018).
+
+  loss = sum over valid steps of w_i * CE(y_i, softmax(logits_i)) / number of valid
+  steps in the batch, with w_i = 10 where y_start + y_end > 0 and 1 elsewhere.
+
+  Args:
+    logits: float[batch, len_ref, 4].
+    segment: int[batch, 2] ground truth [s, e).
+    reference_mask: bool[batch, len_ref].
+    example_mask: optional bool[batch]; False examples (fillers) are ignored.
+
+  Returns:
+    float32 scalar; 0 when nothing is valid.
+  """
+  if logits.ndim != 3 or logits.shape[-1] != 4 or reference_mask.shape != logits.shape[:2]:
+    raise ValueError(
+        f"logits {logits.shape} must be [batch, len_ref, 4] with reference_mask "
+        f"{reference_mask.shape} of shape [batch, len_ref]")
+  _check_segments(segment, reference_mask, example_mask)
+  valid = _valid_steps(reference_mask, example_mask)  # [B, Lr]
+  labels = soft_labels(segment, logits.shape[1])  # [B, Lr, 4]
+  # where() before the softmax: non-finite padding logits leak into neither the value
+  # nor the gradient.
+  logits = jnp.where(valid[..., None], logits.astype(jnp.float32), 0.0)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, Lr, 4]
+  ce = -jnp.sum(labels * log_probs, axis=-1)  # [B, Lr]
+  boundary = (labels[..., START] + labels[..., END]) > 0
+  weights = jnp.where(boundary, BOUNDARY_WEIGHT, 1.0) * valid  # [B, Lr]
+  return jnp.sum(weights * ce) / jnp.maximum(valid.sum(), 1)
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """[batch, length, D], bool[batch, length] -> [batch, D] mean over valid steps (0 if none)."""
+  x = jnp.where(mask[..., None], x.astype(jnp.float32), 0.0)
+  return x.sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1)[:, None]
+
+
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Cosine similarity of rows, [batch, D] x [batch, D] -> [batch]; 0 if a row is ~0."""
+  dot = jnp.sum(a * b, axis=-1)
+  norms_sq = jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1)
+  return dot / jnp.sqrt(jnp.maximum(norms_sq, COSINE_EPSILON**2))
+
+
+def _normalized_weights(p: jax.Array, region: jax.Array | None, valid: jax.Array) -> jax.Array:
+  """Eq. 14 over valid steps, optionally restricted to a region, with a fallback.
+
+  Args:
+    p: float32[batch, len_ref] probabilities of one channel.
+    region: optional bool[batch, len_ref] mask (action or background region).
+    valid: bool[batch, len_ref] valid steps.
+
+  Returns:
+    float32[batch, len_ref] weights summing to 1 over the chosen steps. If the region
+    keeps less than MASS_EPSILON of probability (e.g. it is empty), the unmasked
+    probabilities over all valid steps are used instead for that example. Mass below
+    MASS_EPSILON even then (or no valid step) gives weights ~0 (the representation is
+    ~0 and its cosines are 0), never NaN.
+  """
+  base = jnp.where(valid, p, 0.0)  # [B, Lr]
+  if region is not None:
+    masked = jnp.where(region & valid, p, 0.0)
+    keep = masked.sum(axis=1, keepdims=True) >= MASS_EPSILON  # [B, 1]
+    base = jnp.where(keep, masked, base)
+  return base / jnp.maximum(base.sum(axis=1, keepdims=True), MASS_EPSILON)
+
+
+def coattention_per_example(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
+                            reference_mask: jax.Array, probs: jax.Array, alpha: float,
+                            action_mask: jax.Array | None = None) -> jax.Array:
+  """Co-attention loss of each example (eqs. 13-18); see `coattention_loss`.
+
+  Returns:
+    float32[batch] = sigmoid(d- - d+), with no masking of examples.
+  """
+  if probs.ndim != 3 or probs.shape[-1] != 4 or probs.shape[:2] != reference.shape[:2]:
+    raise ValueError(
+        f"probs {probs.shape} must be [batch, len_ref, 4] matching reference {reference.shape}")
+  if reference_mask.shape != reference.shape[:2] or query_mask.shape != query.shape[:2]:
+    raise ValueError(
+        f"masks {query_mask.shape}, {reference_mask.shape} must match query {query.shape[:2]}, "
+        f"reference {reference.shape[:2]}")
+  if action_mask is not None and action_mask.shape != reference_mask.shape:
+    raise ValueError(
+        f"action_mask {action_mask.shape} must have the shape of reference_mask "
+        f"{reference_mask.shape}")
+  query_mask = query_mask.astype(bool)
+  valid = reference_mask.astype(bool)  # [B, Lr]
+  probs = probs.astype(jnp.float32)
+  reference = jnp.where(valid[..., None], reference.astype(jnp.float32), 0.0)  # [B, Lr, D]
+
+  q_a = _masked_mean(query, query_mask)  # [B, D], eq. 13
+  if action_mask is None:
+    action_region = background_region = None
+  else:
+    action_region = action_mask.astype(bool)
+    background_region = ~action_region
+  g_action = _normalized_weights(probs[..., INSIDE], action_region, valid)  # [B, Lr], eq. 14
+  g_background = _normalized_weights(probs[..., OUTSIDE], background_region, valid)
+  r_a = jnp.einsum("bl,bld->bd", g_action, reference)  # [B, D], eq. 15
+  r_b = jnp.einsum("bl,bld->bd", g_background, reference)
+  d_pos = _cosine(q_a, r_a)  # eq. 17
+  d_neg = alpha * _cosine(q_a, r_b) + (1.0 - alpha) * _cosine(r_a, r_b)  # eq. 18
+  # eq. 16: exp(-d+) / (exp(-d+) + exp(-d-)) = sigmoid(d- - d+)
+  return jax.nn.sigmoid(d_neg - d_pos)
+
+
+def coattention_loss(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
+                     reference_mask: jax.Array, probs: jax.Array, alpha: float,
+                     action_mask: jax.Array | None = None,
+                     example_mask: jax.Array | None = None) -> jax.Array:
+  """Temporal co-attention loss (paper eqs. 13-18), mean over valid examples.
+
+  Computed on the input features: q^a is the mean of the valid query frames; g^3, g^4
+  are p_inside, p_outside normalized over the valid reference steps; r^a = sum g^3 r,
+  r^b = sum g^4 r; d+ = cos(q^a, r^a), d- = alpha cos(q^a, r^b) + (1 - alpha)
+  cos(r^a, r^b), with cos the cosine SIMILARITY (the paper says "distance", but only
+  the similarity makes minimizing the loss pull the action region toward the query);
+  loss = exp(-d+) / (exp(-d+) + exp(-d-)) = sigmoid(d- - d+).
+
+  With `action_mask` (the predicted action region; the caller computes it, e.g. with
+  `segment_mask` of the predicted segment under stop_gradient), p_inside is restricted
+  to the region and p_outside to the valid steps outside it before normalizing. If a
+  restricted channel keeps less than MASS_EPSILON probability (empty region, or a
+  region covering the whole reference for the background), that channel falls back to
+  its unmasked probabilities for that example. Cosines of ~0 vectors are 0.
+
+  Args:
+    query: [batch, len_query, D] input (C3D) query features.
+    query_mask: bool[batch, len_query].
+    reference: [batch, len_ref, D] input (C3D) reference features.
+    reference_mask: bool[batch, len_ref].
+    probs: [batch, len_ref, 4] predicted probabilities (start, end, inside, outside).
+    alpha: weight of cos(q^a, r^b) in d- (paper: 0.3).
+    action_mask: optional bool[batch, len_ref] predicted action region.
+    example_mask: optional bool[batch]; False examples (fillers) are ignored, as are
+      examples without a valid query or reference step.
+
+  Returns:
+    float32 scalar; 0 when no example is valid.
+  """
+  # Filler examples are treated as fully padded, so their content never enters.
+  query_mask = _valid_steps(query_mask, example_mask)  # [B, Lq]
+  reference_mask = _valid_steps(reference_mask, example_mask)  # [B, Lr]
+  per_example = coattention_per_example(query, query_mask, reference, reference_mask,
+                                        probs, alpha, action_mask)  # [B]
+  valid = query_mask.any(axis=1) & reference_mask.any(axis=1)  # [B]
+  return jnp.sum(jnp.where(valid, per_example, 0.0)) / jnp.maximum(valid.sum(), 1)

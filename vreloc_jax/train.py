@@ -1,0 +1,402 @@
+"""Training and evaluation: data-parallel over every device, resumable, checkpointed.
+
+`train_and_evaluate(config, workdir)` is the whole run. Its small pure pieces —
+`create_train_state`, `train_step`, `eval_step` — are jit-compiled over a
+`Mesh` of all devices: batches are sharded on the ``data`` axis, the state is
+replicated and donated. Per-step randomness is ``fold_in(key, step)`` and the
+batch of a step is a pure function of ``(seed, step)``, so a run resumed from
+a checkpoint follows the same trajectory as an uninterrupted one.
+
+Work directory:
+  config.json            the resolved configuration
+  metrics.jsonl          one JSON record per log line and per evaluation (process 0)
+  checkpoints/<step>/    orbax checkpoints: the latest ones and the best by val mAP_avg
+  results/               val_step<k>.json (+ .predictions.json) per evaluation,
+                         test.json + test.predictions.json at the end,
+                         baselines_test.json (the training-free rows)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vreloc_jax import checkpoints
+from vreloc_jax import losses
+from vreloc_jax import metrics
+from vreloc_jax import segments
+from vreloc_jax import sharding
+from vreloc_jax.data import batching
+from vreloc_jax.data import pairs as pairs_lib
+from vreloc_jax.data import splits as splits_lib
+from vreloc_jax.data.features import FeatureStore, find_features, open_features
+from vreloc_jax.model import ReLocalizer
+
+# Traces of each jitted function, by name: tests use it to bound compilations.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass
+class Benchmark:
+  """A benchmark directory read and validated: entries, fixed pairs, features."""
+
+  data_dir: str
+  features_path: str
+  store: FeatureStore
+  entries: dict[str, list[splits_lib.Entry]]
+  pairs: dict[str, list[pairs_lib.Pair]]
+  pair_files: dict[str, str]
+
+  @property
+  def feature_dim(self) -> int:
+    return int(self.store.feature_dim)
+
+
+def synthetic_dir(config: ml_collections.ConfigDict) -> str:
+  """Where the synthetic default benchmark of a config is cached."""
+  if config.data.synthetic_dir:
+    return config.data.synthetic_dir
+  cache = os.environ.get("VRELOC_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vreloc_jax")
+  return os.path.join(cache, f"synthetic-seed{config.data.synthetic_seed}"
+                      f"-scale{config.data.synthetic_scale:g}")
+
+
+def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
+  """The benchmark directory: ``config.data.dir``, or the synthetic default (generated once)."""
+  if config.data.dir:
+    return config.data.dir
+  from vreloc_jax.data import synthetic  # Imported lazily: only the default needs it.
+  out = synthetic_dir(config)
+  if jax.process_index() == 0 and not os.path.isfile(os.path.join(out, "test.json")):
+    logging.info("Generating the synthetic benchmark into %s (once; cached).", out)
+    synthetic.generate(out, seed=config.data.synthetic_seed, scale=config.data.synthetic_scale)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("synthetic benchmark ready")
+  return out
+
+
+def load_benchmark(config: ml_collections.ConfigDict,
+                   split_names: tuple[str, ...] = splits_lib.SPLITS) -> Benchmark:
+  """Reads the splits, the evaluation pairs and the features a run needs."""
+  data_dir = resolve_data_dir(config)
+  features_path = config.data.features or find_features(data_dir)
+  store = open_features(features_path)
+  entries, pairs, pair_files = {}, {}, {}
+  for name in split_names:
+    path = splits_lib.split_path(data_dir, name)
+    entries[name] = splits_lib.load_split(path)
+    store.preload(entries[name])
+    if name != "train":
+      pairs[name], pair_files[name] = pairs_lib.load_eval_pairs(
+          path, entries[name], name, seed=config.data.pair_seed)
+  return Benchmark(data_dir=data_dir, features_path=features_path, store=store,
+                   entries=entries, pairs=pairs, pair_files=pair_files)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam, learning rate divided by 10 every ``decay_every`` steps, global-norm clipping."""
+  schedule = optax.exponential_decay(config.train.learning_rate,
+                                     transition_steps=config.train.decay_every,
+                                     decay_rate=config.train.decay_factor, staircase=True)
+  return optax.chain(optax.clip_by_global_norm(config.train.grad_clip_norm),
+                     optax.adam(schedule))
+
+
+def create_model(config: ml_collections.ConfigDict) -> ReLocalizer:
+  return ReLocalizer(config.model)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array,
+                       feature_dim: int) -> dict[str, Any]:
+  """Parameters, optimizer state and step, as one pytree (what a checkpoint holds)."""
+  query = jnp.zeros((1, 4, feature_dim), jnp.float32)
+  reference = jnp.zeros((1, 8, feature_dim), jnp.float32)
+  params = model.init(rng, query, jnp.ones((1, 4), bool), reference, jnp.ones((1, 8), bool),
+                      deterministic=True)["params"]
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "opt_state": make_optimizer(config).init(params)}
+
+
+def predict_segments(outputs: dict[str, jax.Array], lengths: jax.Array,
+                     config: ml_collections.ConfigDict) -> jax.Array:
+  """The predicted segment [s, e) of each reference, by the config's inference rule."""
+  if config.eval.inference == "weak":
+    return segments.search_weak(outputs["probs"][..., losses.INSIDE], lengths)
+  if config.eval.inference == "full":
+    return segments.search_full(outputs["log_probs"], lengths, max_length=config.eval.max_length,
+                                form=config.eval.search_form)
+  raise ValueError(f"unknown eval.inference {config.eval.inference!r}; expected 'weak' or 'full'")
+
+
+def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array, *,
+               model: nn.Module, config: ml_collections.ConfigDict
+               ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """One optimizer step on a global batch.
+
+  Args:
+    state: {"step", "params", "opt_state"} (replicated; donated by the caller).
+    batch: a global batch (`vreloc_jax.data.batching`); weak batches carry no
+      ``segment``, and then the cross-entropy cannot be (and is not) used.
+    rng: the run's base key; dropout uses ``fold_in(rng, step)``.
+    model: the `ReLocalizer`.
+    config: the run's configuration.
+
+  Returns:
+    The new state and scalar metrics.
+  """
+  TRACE_COUNTS["train_step"] += 1
+  step = state["step"]
+  dropout_rng = jax.random.fold_in(rng, step)
+  lengths = batch["reference_length"]  # [batch]
+  reference_mask = batch["reference_mask"]  # [batch, len_ref]
+  example_mask = batch["example_mask"]  # [batch]
+  use_ce = config.loss.cross_entropy_weight > 0
+  if use_ce and "segment" not in batch:
+    raise ValueError("cross-entropy needs annotated references, but the batch has no 'segment'")
+
+  def loss_fn(params):
+    out = model.apply({"params": params}, batch["query"], batch["query_mask"], batch["reference"],
+                      reference_mask, deterministic=False, rngs={"dropout": dropout_rng})
+    terms = {}
+    total = jnp.zeros((), jnp.float32)
+    if config.loss.coattention_weight > 0:
+      coatt = functools.partial(losses.coattention_loss, batch["query"], batch["query_mask"],
+                                batch["reference"], reference_mask, out["probs"],
+                                config.loss.alpha, example_mask=example_mask)
+      predicted = jax.lax.stop_gradient(predict_segments(out, lengths, config))  # [batch, 2]
+      action_mask = losses.segment_mask(predicted, reference_mask.shape[1])  # [batch, len_ref]
+      masked = step >= config.loss.mask_after_steps
+      terms["loss_c"] = jnp.where(masked, coatt(action_mask=action_mask), coatt())
+      total += config.loss.coattention_weight * terms["loss_c"]
+    if use_ce:
+      terms["loss_w"] = losses.weighted_cross_entropy(out["logits"], batch["segment"],
+                                                      reference_mask, example_mask)
+      total += config.loss.cross_entropy_weight * terms["loss_w"]
+    return total, terms
+
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  tx = make_optimizer(config)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  lr = config.train.learning_rate * config.train.decay_factor ** (step // config.train.decay_every)
+  new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                     "learning_rate": lr, **terms}
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
+              config: ml_collections.ConfigDict) -> jax.Array:
+  """Predicted segments ``[s, e)`` of a global batch, int32 [batch, 2]."""
+  TRACE_COUNTS["eval_step"] += 1
+  out = model.apply({"params": params}, batch["query"], batch["query_mask"], batch["reference"],
+                    batch["reference_mask"], deterministic=True)
+  return predict_segments(out, batch["reference_length"], config)
+
+
+class Runner:
+  """The jit-compiled programs of one configuration on one mesh."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               feature_dim: int):
+    self.config = config
+    self.mesh = mesh
+    self.feature_dim = feature_dim
+    self.model = create_model(config)
+    replicated = sharding.replicated(mesh)
+    batch = sharding.batch_sharding(mesh)
+    self.init = jax.jit(functools.partial(create_train_state, config, self.model,
+                                          feature_dim=feature_dim), out_shardings=replicated)
+    self.train_step = jax.jit(functools.partial(train_step, model=self.model, config=config),
+                              in_shardings=(replicated, batch, replicated),
+                              out_shardings=(replicated, replicated), donate_argnums=(0,))
+    self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, config=config),
+                             in_shardings=(replicated, batch), out_shardings=replicated)
+
+  def abstract_state(self) -> Any:
+    """Shapes, dtypes and (replicated) shardings of the state: the restore target."""
+    shapes = jax.eval_shape(self.init, jax.random.key(0))
+    replicated = sharding.replicated(self.mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                        shapes)
+
+  def predict(self, params: Any, pairs: list[pairs_lib.Pair], store: FeatureStore) -> np.ndarray:
+    """Predicted ``[s, e)`` for every pair, int [num_pairs, 2]."""
+    config = self.config
+    sharding.check_batch_size(config.eval.batch_size, self.mesh)
+    predicted = np.zeros((len(pairs), 2), np.int64)
+    for indices, local in batching.eval_batches(
+        pairs, store, config.eval.batch_size, config.data.query_buckets,
+        config.data.reference_buckets, jax.process_index(), jax.process_count()):
+      out = np.asarray(self.eval_step(params, sharding.to_global(local, self.mesh)))
+      real = indices >= 0
+      predicted[indices[real]] = out[real]
+    return predicted
+
+
+def evaluate(runner: Runner, params: Any, bench: Benchmark, split: str,
+             results_path: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Scores a model on a split's fixed pairs; process 0 writes the files."""
+  predicted = runner.predict(params, bench.pairs[split], bench.store)
+  if jax.process_index() != 0:
+    results_path = None
+  return metrics.evaluate_predictions(split, bench.pairs[split], predicted, results_path,
+                                      extra={"pair_file": bench.pair_files[split], **(extra or {})})
+
+
+def make_train_batches(config: ml_collections.ConfigDict, bench: Benchmark
+                       ) -> batching.TrainBatches:
+  """The training stream: weak (no reference annotation exists) or full supervision."""
+  train = bench.entries["train"]
+  if config.supervision == "weak":
+    queries, references = pairs_lib.weak_split(train, seed=config.seed,
+                                               query_fraction=config.data.weak_query_fraction)
+    sample: Callable = pairs_lib.WeakSampler(queries, references).sample
+  elif config.supervision == "full":
+    sample = pairs_lib.FullSampler(train, crop_probability=config.data.crop_probability).sample
+  else:
+    raise ValueError(f"unknown supervision {config.supervision!r}; expected 'weak' or 'full'")
+  return batching.TrainBatches(sample, bench.store, config.train.batch_size,
+                               config.data.query_buckets, config.data.reference_buckets,
+                               seed=config.seed, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+
+
+class MetricsWriter:
+  """JSON lines in ``workdir/metrics.jsonl``; only process 0 writes."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = jax.process_index() == 0
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self.enabled:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _check_finite(step: int, values: dict[str, Any]) -> dict[str, float]:
+  host = {k: float(v) for k, v in values.items()}
+  if not np.isfinite(host["loss"]):
+    raise FloatingPointError(f"non-finite loss {host['loss']} at step {step} "
+                             f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in host.items())})")
+  return host
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    metrics.atomic_write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The configuration a work directory was trained with."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{workdir} is not a vreloc_jax work directory (no config.json)")
+  with open(path, "r", encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def baseline_rows(config: ml_collections.ConfigDict, bench: Benchmark, split: str
+                  ) -> dict[str, dict[str, Any]]:
+  """The training-free baselines' results on a split, for the final table."""
+  rows = {}
+  for method in config.eval.baselines:
+    from vreloc_jax import baselines  # Imported lazily: only the final table needs it.
+    rows[method] = baselines.evaluate_baseline(method, bench.entries, bench.pairs[split],
+                                               bench.store, split=split, seed=config.seed)
+  return rows
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from the latest checkpoint), then evaluates the best on test.
+
+  Returns:
+    The test results of the best checkpoint (by val mAP_avg).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.train.batch_size, mesh)
+  sharding.check_batch_size(config.eval.batch_size, mesh)
+  bench = load_benchmark(config)
+  save_config(config, workdir)
+  logging.info("Data: %s (features %s, dim %d); %s; %d devices, %d processes.", bench.data_dir,
+               bench.features_path, bench.feature_dim,
+               ", ".join(f"{k} {len(v)}" for k, v in bench.entries.items()), mesh.size,
+               jax.process_count())
+
+  runner = Runner(config, mesh, bench.feature_dim)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  manager = checkpoints.manager(workdir, config.train.keep_checkpoints)
+  state = checkpoints.restore(manager, "latest", runner.abstract_state())
+  if state is None:
+    state = runner.init(init_rng)
+  else:
+    logging.info("Resumed from step %d of %s.", int(state["step"]), manager.directory)
+  step_rng = sharding.replicate(step_rng, mesh)
+
+  batches = make_train_batches(config, bench)
+  writer = MetricsWriter(workdir)
+  num_steps = config.train.num_steps
+  first_step = int(state["step"])
+  stream = batching.prefetch(batches.batch(s) for s in range(first_step, num_steps))
+  pending = None  # (step, metrics) of the previous step, checked one step late.
+  tick, tick_step, start = time.time(), first_step, time.time()
+  for step in range(first_step + 1, num_steps + 1):
+    state, step_metrics = runner.train_step(state, sharding.to_global(next(stream), mesh), step_rng)
+    if pending is not None:
+      _check_finite(*pending)
+    pending = (step, step_metrics)
+    if step % config.train.log_every == 0 or step == num_steps:
+      host = _check_finite(*pending)
+      now = time.time()
+      rate = (step - tick_step) / max(now - tick, 1e-9)
+      eta = (num_steps - step) / max(rate, 1e-9)
+      logging.info("step %d/%d  loss %.4f  %s  %.2f steps/s  eta %s", step, num_steps,
+                   host["loss"], " ".join(f"{k} {v:.4g}" for k, v in host.items() if k != "loss"),
+                   rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+      writer.write({"step": step, "time": now - start, "steps_per_second": rate, **host})
+      tick, tick_step = now, step
+    if step % config.train.eval_every == 0 or step == num_steps:
+      _check_finite(*pending)
+      val = evaluate(runner, state["params"], bench, "val",
+                     os.path.join(workdir, "results", f"val_step{step}.json"), {"step": step})
+      logging.info("step %d  val mAP_avg %.2f", step, val["mAP_avg"])
+      writer.write({"step": step, "val_mAP_avg": val["mAP_avg"],
+                    **{f"val_mAP@{k}": v for k, v in val["mAP"].items()}})
+      checkpoints.save(manager, step, state, {"val_mAP_avg": val["mAP_avg"]})
+  if pending is not None:
+    _check_finite(*pending)
+  manager.wait_until_finished()
+
+  best_step = checkpoints.resolve_step(manager, "best")
+  best = checkpoints.restore(manager, best_step, runner.abstract_state())
+  test = evaluate(runner, best["params"], bench, "test",
+                  os.path.join(workdir, "results", "test.json"),
+                  {"checkpoint_step": best_step, "config": config.supervision,
+                   "variant": config.variant, "inference": config.eval.inference})
+  rows = baseline_rows(config, bench, "test")
+  if jax.process_index() == 0:
+    metrics.atomic_write_json(os.path.join(workdir, "results", "baselines_test.json"), rows)
+  rows[f"ours ({config.supervision}, {config.variant}, step {best_step})"] = test
+  table = metrics.format_table(rows, title=f"test split, {len(bench.pairs['test'])} pairs "
+                               f"({bench.data_dir})")
+  if jax.process_index() == 0:
+    print(table, flush=True)
+  manager.close()
+  return test
