@@ -372,3 +372,9 @@ def test_weak_rejects_bad_input():
         segments.search_weak(np.zeros((2, 5, 4), np.float32), np.array([5, 3], np.int32))
     with pytest.raises(ValueError, match="row 0 has length -1"):
         segments.search_weak(np.zeros((2, 5), np.float32), np.array([-1, 3], np.int32))
+
+
+def test_accept_python_lists():
+    log_probs = [[[0.0, -9.0, 0.0, 0.0], [-9.0, 0.0, 0.0, 0.0], [-9.0, -9.0, 0.0, 0.0]]]
+    np.testing.assert_array_equal(segments.search_full(log_probs, [3]), [[0, 2]])
+    np.testing.assert_array_equal(segments.search_weak([[0.1, 0.5, 0.2]], [3]), [[1, 2]])

@@ -139,7 +139,9 @@ def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float =
 
   ``d+ = cos(q, r_in)``, ``d- = α cos(q, r_out) + (1 - α) cos(r_in, r_out)`` with
   ``q`` the mean query feature and ``r_in`` / ``r_out`` the mean reference
-  feature inside / outside the segment (a cosine with an empty outside is 0).
+  feature inside / outside the segment. The whole reference is a candidate
+  only when it is a single step (the loss always has an outside: its
+  background weights are normalized to sum to 1).
 
   Args:
     query: [Lq, D].
@@ -162,7 +164,7 @@ def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float =
   lengths = np.arange(1, min(max_length, n) + 1)  # [K]
   s = np.arange(n)[:, None]  # [L, 1]
   e = s + lengths[None, :]  # [L, K]
-  valid = e <= n
+  valid = (e <= n) & ((e - s < n) | (n == 1))
   e = np.minimum(e, n)
   inside_sq = prefix[e, e] - prefix[s, e] - prefix[e, s] + prefix[s, s]  # |sum inside|^2
   q_in = q_prefix[e] - q_prefix[s]

@@ -74,30 +74,33 @@ def search_full(
     ``e - s`` wins, then the smallest ``s`` (a first-occurrence arg-max over the
     scores laid out as ``[e - s, s]``, length offset major). "Equal" means
     equal up to float32 rounding: mathematically equal scores may differ in
-    their last bits after float32 arithmetic (e.g. ``-1/3`` reached as
-    ``-1 + 2/3`` or as ``-0.5 + -1/6``), so every candidate whose score is
-    within ``(K + 8) * eps32 * |best|`` of the best (``K = min(max_length,
-    len_ref)``, ``eps32 = 2**-23``; about ``8.6e-6 * |best|`` for ``K = 64``)
-    counts as tied with it. That bound covers the rounding error of two
-    scores, so exact ties (e.g. quantized or all-equal probabilities) are
-    broken in the benchmark's order whatever the backend's rounding; two distinct scores that
-    close are indistinguishable in float32 anyway.
+    their last bits after float32 arithmetic (e.g. the means ``-2.5 / 3`` and
+    ``-7.5 / 9``, which XLA on CPU computes as ``x * fl(1/n)``), so every
+    candidate whose score is within ``(K + 8) * eps32 * |best|`` of the best
+    (``K = min(max_length, len_ref)``, ``eps32 = 2**-23``; about
+    ``8.6e-6 * |best|`` for ``K = 64``) counts as tied with it. That bound
+    covers the rounding error of two scores, so exact ties (quantized or
+    all-equal probabilities) are broken in the benchmark's order whatever the
+    backend's rounding; two distinct scores that close are indistinguishable
+    in float32 anyway.
 
-    Precision: no difference of long prefix sums is taken (its error would
-    grow with the row's total). ``log p_inside`` is taken relative to the
-    row's largest valid value, ``d[i] = log p_inside[i] - max <= 0``; for each
-    start ``s`` a float32 cumulative sum along the length offset gives the
-    window sums of ``d`` (at most ``max_length`` terms), and the score is
-    ``((log p_start[s] + log p_end[e]) + max) + sum(d) / n_terms``. Every term
-    is <= 0 for log probabilities, so nothing cancels and each score carries a
-    relative error of at most about ``(K + 4) * 2**-24``.
+    Precision: the inside sums are not differences of one prefix sum along
+    the row (their error would grow with the row's total, not the window's).
+    For each start ``s`` a float32 cumulative sum along the length offset
+    gives the window sums directly (at most ``K`` terms), and the score is
+    ``(log p_start[s] + log p_end[e]) + window_sum / n_terms``. Every term is
+    <= 0 for log probabilities, so nothing cancels and each score carries a
+    relative error of at most about ``(K + 2) * 2**-24``. (A per-row offset
+    was considered and dropped: it cannot change a result beyond the tie
+    tolerance.)
 
     Memory and time are ``O(batch * K * len_ref)``.
 
     Args:
-      log_probs: float ``[batch, len_ref, 4]`` log probabilities, channels
-        (start, end, inside, outside). Only the first three are used. Valid
-        steps should not hold NaN; ``-inf`` is allowed (clamped to -1e30).
+      log_probs: float ``[batch, len_ref, 4]`` log probabilities (<= 0, which
+        the precision and tie analysis above relies on), channels (start, end,
+        inside, outside); only the first three are used. Valid steps should not
+        hold NaN; ``-inf`` is allowed (clamped to -1e30).
       lengths: int ``[batch]`` true reference lengths, ``0 <= length <=
         len_ref``. A row of length 0 (e.g. a filler example) yields ``[0, 0)``.
       max_length: static; the longest segment allowed, in steps (>= 1).
@@ -109,17 +112,20 @@ def search_full(
     Raises:
       ValueError: on a bad shape, option or (concrete) length.
     """
+    log_probs, lengths = _as_array(log_probs), _as_array(lengths)
     if form not in FULL_FORMS:
-        raise ValueError(f"search_full: form must be one of {FULL_FORMS}, got {form!r}")
+        raise ValueError(f"search_full: form must be one of {FULL_FORMS} (static), got {form!r}")
     is_int = isinstance(max_length, (int, np.integer)) and not isinstance(max_length, bool)
     if not is_int or max_length < 1:
-        raise ValueError(f"search_full: max_length must be an int >= 1, got {max_length!r}")
-    if jnp.ndim(log_probs) != 3 or jnp.shape(log_probs)[-1] != 4:
+        raise ValueError(
+            f"search_full: max_length must be a static int >= 1, got {max_length!r}"
+        )
+    if log_probs.ndim != 3 or log_probs.shape[-1] != 4:
         raise ValueError(
             "search_full: log_probs must have shape [batch, len_ref, 4], "
-            f"got {jnp.shape(log_probs)}"
+            f"got {log_probs.shape}"
         )
-    _check_lengths("search_full", lengths, jnp.shape(log_probs)[0], jnp.shape(log_probs)[1])
+    _check_lengths("search_full", lengths, log_probs.shape[0], log_probs.shape[1])
     return _search_full(log_probs, lengths, max_length=int(max_length), form=form)
 
 
@@ -133,9 +139,11 @@ def search_weak(
     the prediction is the longest run of consecutive valid steps with
     ``p_inside > threshold`` (strict), the earliest such run on ties. If no
     step is above the threshold (e.g. all values equal, or a length-1 row),
-    the whole valid reference ``[0, length)`` is predicted. The threshold is
-    computed as ``p[0] + mean(p - p[0])``, which is exact for a row of equal
-    values.
+    the whole valid reference ``[0, length)`` is predicted. The mean is taken
+    in float32 and compared without tolerance: exact for values on a coarse
+    grid such as multiples of 1/8; otherwise a step within float32 rounding of
+    the mean may fall either side. (A row of equal values predicts the whole
+    reference either way: all steps above, or none.)
 
     Args:
       p_inside: float ``[batch, len_ref]`` probabilities of "inside"
@@ -149,22 +157,26 @@ def search_weak(
     Raises:
       ValueError: on a bad shape or (concrete) length.
     """
-    if jnp.ndim(p_inside) != 2:
+    p_inside, lengths = _as_array(p_inside), _as_array(lengths)
+    if p_inside.ndim != 2:
         raise ValueError(
-            f"search_weak: p_inside must have shape [batch, len_ref], got {jnp.shape(p_inside)}"
+            f"search_weak: p_inside must have shape [batch, len_ref], got {p_inside.shape}"
         )
-    _check_lengths("search_weak", lengths, jnp.shape(p_inside)[0], jnp.shape(p_inside)[1])
+    _check_lengths("search_weak", lengths, p_inside.shape[0], p_inside.shape[1])
     return _search_weak(p_inside, lengths)
+
+
+def _as_array(value) -> jax.Array | np.ndarray:
+    """Keeps jax arrays (and tracers) and numpy arrays; turns lists and scalars into numpy."""
+    return value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value)
 
 
 def _check_lengths(caller: str, lengths, batch: int, len_ref: int) -> None:
     """Validates the shape of ``lengths`` and, when concrete, its values."""
-    if jnp.shape(lengths) != (batch,):
-        raise ValueError(f"{caller}: lengths must have shape [{batch}], got {jnp.shape(lengths)}")
-    if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
-        raise ValueError(
-            f"{caller}: lengths must be integers, got dtype {jnp.result_type(lengths)}"
-        )
+    if lengths.shape != (batch,):
+        raise ValueError(f"{caller}: lengths must have shape [{batch}], got {lengths.shape}")
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"{caller}: lengths must be integers, got dtype {lengths.dtype}")
     if isinstance(lengths, jax.core.Tracer):
         return  # Inside a trace the kernel clips to [0, len_ref] instead.
     values = np.asarray(lengths)
@@ -195,30 +207,23 @@ def _search_full(
     log_end = log_probs[:, :, _END]  # [batch, len_ref]
     log_inside = log_probs[:, :, _INSIDE]  # [batch, len_ref]
 
-    # Inside log probs relative to the row's valid maximum: every deviation is <= 0.
-    valid_inside = jnp.where(step_mask, log_inside, -jnp.inf)  # [batch, len_ref]
-    row_max = jnp.max(valid_inside, axis=1, keepdims=True)  # [batch, 1]
-    row_max = jnp.where(lengths[:, None] > 0, row_max, 0.0)
-    deviation = jnp.where(step_mask, log_inside - row_max, 0.0)  # [batch, len_ref]
-
     # Candidate grid, offset major: window_steps[k, s] = s + k = e.
     offsets = jnp.arange(n_offsets, dtype=jnp.int32)  # [K]
     window_steps = offsets[:, None] + positions[None, :]  # [K, len_ref]
     pad = ((0, 0), (0, n_offsets))  # Steps past len_ref read zeros; such candidates are masked.
     end_at = jnp.pad(log_end, pad)[:, window_steps]  # [batch, K, len_ref]: log p_end[s + k]
-    deviation_at = jnp.pad(deviation, pad)[:, window_steps]  # [batch, K, len_ref]: dev[s + k]
+    inside_at = jnp.pad(log_inside, pad)[:, window_steps]  # [batch, K, len_ref]: log p_in[s + k]
 
-    # Windowed sums of deviations: a cumulative sum along the offset, per start.
-    deviation_sum = jnp.cumsum(deviation_at, axis=1)  # [batch, K, len_ref]: steps s .. s + k
+    # Window sums: a cumulative sum along the offset, per start (at most K terms).
+    inside_sum = jnp.cumsum(inside_at, axis=1)  # [batch, K, len_ref]: steps s .. s + k
     if form == "benchmark":
         # Steps s .. e - 1 (k terms), or just s for a one-step segment.
-        deviation_sum = jnp.concatenate([deviation_sum[:, :1], deviation_sum[:, :-1]], axis=1)
+        inside_sum = jnp.concatenate([inside_sum[:, :1], inside_sum[:, :-1]], axis=1)
         n_terms = jnp.maximum(offsets, 1)  # [K]
     else:
         n_terms = offsets + 1  # [K]: steps s .. e
-    boundary = (log_start[:, None, :] + end_at) + row_max[:, :, None]  # [batch, K, len_ref]
     n_terms = n_terms.astype(jnp.float32)[None, :, None]  # [1, K, 1]
-    score = boundary + deviation_sum / n_terms  # [batch, K, len_ref]
+    score = (log_start[:, None, :] + end_at) + inside_sum / n_terms  # [batch, K, len_ref]
 
     candidate_mask = window_steps[None, :, :] < lengths[:, None, None]  # [batch, K, len_ref]
     score = jnp.where(candidate_mask, score, -jnp.inf)
@@ -244,11 +249,9 @@ def _search_weak(p_inside: jax.Array, lengths: jax.Array) -> jax.Array:
     step_mask = positions[None, :] < lengths[:, None]  # [batch, len_ref]
     p_inside = jnp.where(step_mask, p_inside.astype(jnp.float32), 0.0)  # [batch, len_ref]
 
-    # Threshold = mean over valid steps, taken relative to step 0 (exact for constant rows).
-    first = p_inside[:, :1]  # [batch, 1]
-    deviation = jnp.where(step_mask, p_inside - first, 0.0)  # [batch, len_ref]
+    # Threshold = mean over the valid steps (padding is zero here).
     n_valid = jnp.maximum(lengths, 1).astype(jnp.float32)  # [batch]
-    threshold = first[:, 0] + jnp.sum(deviation, axis=1) / n_valid  # [batch]
+    threshold = jnp.sum(p_inside, axis=1) / n_valid  # [batch]
     above_mask = step_mask & (p_inside > threshold[:, None])  # [batch, len_ref]
 
     # Run length ending at each step: the run starts right after the last step

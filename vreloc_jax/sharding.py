@@ -64,8 +64,14 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a pytree of host arrays replicated on every device."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree of host arrays, identical on every process, replicated on every device."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
 
 
 def quiet_library_logs() -> None:

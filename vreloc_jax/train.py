@@ -152,7 +152,8 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
     state: {"step", "params", "opt_state"} (replicated; donated by the caller).
     batch: a global batch (`vreloc_jax.data.batching`); weak batches carry no
       ``segment``, and then the cross-entropy cannot be (and is not) used.
-    rng: the run's base key; dropout uses ``fold_in(rng, step)``.
+    rng: the run's base key as raw key data (uint32, `jax.random.key_data`);
+      dropout uses ``fold_in(rng, step)``.
     model: the `ReLocalizer`.
     config: the run's configuration.
 
@@ -161,7 +162,7 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
   """
   TRACE_COUNTS["train_step"] += 1
   step = state["step"]
-  dropout_rng = jax.random.fold_in(rng, step)
+  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
   lengths = batch["reference_length"]  # [batch]
   reference_mask = batch["reference_mask"]  # [batch, len_ref]
   example_mask = batch["example_mask"]  # [batch]
@@ -348,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = runner.init(init_rng)
   else:
     logging.info("Resumed from step %d of %s.", int(state["step"]), manager.directory)
-  step_rng = sharding.replicate(step_rng, mesh)
+  step_rng = sharding.replicate(jax.random.key_data(step_rng), mesh)
 
   batches = make_train_batches(config, bench)
   writer = MetricsWriter(workdir)

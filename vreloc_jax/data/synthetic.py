@@ -134,6 +134,7 @@ class FeatureParams:
   background_dim: int = 32  # Dimension of the background subspace.
   num_prototypes: int = 4  # Prototype vectors per class trajectory.
   class_scale: float = 3.0  # Norm of the class trajectory.
+  generic_scale: float = 0.0  # Size of the component all actions share (one direction).
   motion_scale: float = 4.0  # Norm of an instance's motion vector.
   scene_scale: float = 4.0  # Norm scale of a scene vector.
   drift_scale: float = 4.0  # Stationary norm scale of the drift.
@@ -143,7 +144,9 @@ class FeatureParams:
   num_scenes: int = 64  # Scenes shared by all videos.
   speed_sigma: float = 0.3  # Log-normal spread of the playing-speed warp.
   amplitude_range: tuple[float, float] = (0.8, 1.2)  # Per-instance gain of the class pattern.
-  distractor_probability: float = 0.6  # Chance a long enough background gap holds a distractor.
+  edge_gain: float = 0.5  # Gain of an instance's first and last step (clips straddle its bounds).
+  distractor_probability: float = 0.6  # Chance a background slot holds a distractor.
+  distractor_spacing: int = 40  # A background gap has one slot per this many steps (at least 1).
   hidden_mean_length: float = 40.0  # Mean extra length (over 32) of an unlisted instance.
 
 
@@ -243,18 +246,27 @@ def _windows(pieces: list[_Piece], n_feat: int, rng: np.random.Generator) -> lis
 def _insert_distractors(pieces: list[_Piece], n_feat: int, others: Sequence[int],
                         params: FeatureParams, rng: np.random.Generator,
                         sample_length) -> list[_Piece]:
-  """Adds actions of other classes into the background gaps (1 feature margin)."""
+  """Adds actions of other classes into the background gaps.
+
+  A gap is cut into ``max(1, gap // distractor_spacing)`` equal slots; each
+  slot of at least 4 steps holds, with ``distractor_probability``, one
+  distractor (length from the segment-length distribution, at least one
+  background step on each side).
+  """
   if not others or params.distractor_probability <= 0:
     return pieces
   out = []
   prev_end = 0
   for p in sorted(pieces, key=lambda p: p.start) + [None]:
     gap_end = p.start if p is not None else n_feat
-    gap = gap_end - prev_end
-    if gap >= 4 and rng.random() < params.distractor_probability:
-      length = min(int(sample_length(rng)), gap - 2)
-      start = prev_end + 1 + int(rng.integers(gap - 2 - length + 1))
-      out.append(_Piece(start, start + length, int(rng.choice(others)), "distractor"))
+    slots = max(1, (gap_end - prev_end) // params.distractor_spacing)
+    bounds = np.linspace(prev_end, gap_end, slots + 1).astype(int)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+      room = hi - lo
+      if room >= 4 and rng.random() < params.distractor_probability:
+        length = min(int(sample_length(rng)), room - 2)
+        start = lo + 1 + int(rng.integers(room - 2 - length + 1))
+        out.append(_Piece(start, start + length, int(rng.choice(others)), "distractor"))
     if p is not None:
       out.append(p)
       prev_end = p.end
@@ -342,6 +354,7 @@ class World:
   class_basis: np.ndarray  # [D, class_dim] orthonormal columns
   motion_basis: np.ndarray  # [D, motion_dim]
   background_basis: np.ndarray  # [D, background_dim]
+  generic_basis: np.ndarray  # [D, 1], the direction all actions share
   prototypes: np.ndarray  # [num_classes, num_prototypes, class_dim], unit rows
   scenes: np.ndarray  # [num_scenes, background_dim]
   noise_std: np.ndarray  # [D] per-dimension white-noise std, float32
@@ -350,7 +363,8 @@ class World:
   def projection(self) -> np.ndarray:
     """Latent (class, motion, background) coordinates → features: float32 [dims, D], C-order."""
     if getattr(self, "_projection", None) is None:
-      basis = np.concatenate([self.class_basis, self.motion_basis, self.background_basis], axis=1)
+      basis = np.concatenate([self.class_basis, self.motion_basis, self.background_basis,
+                              self.generic_basis], axis=1)
       self._projection = np.ascontiguousarray(basis.T, dtype=np.float32)
     return self._projection
 
@@ -358,9 +372,10 @@ class World:
 def make_world(seed: int, num_classes: int, params: FeatureParams = DEFAULT_PARAMS) -> World:
   """The random structure shared by every video of a generated benchmark."""
   rng = np.random.default_rng([seed, 1])
-  dims = params.class_dim + params.motion_dim + params.background_dim
+  dims = params.class_dim + params.motion_dim + params.background_dim + 1
   basis, _ = np.linalg.qr(rng.standard_normal((FEATURE_DIM, dims)))
   c, m = params.class_dim, params.class_dim + params.motion_dim
+  b = m + params.background_dim
   prototypes = rng.standard_normal((num_classes, params.num_prototypes, params.class_dim))
   prototypes /= np.linalg.norm(prototypes, axis=-1, keepdims=True)
   scenes = rng.standard_normal((params.num_scenes, params.background_dim))
@@ -368,7 +383,8 @@ def make_world(seed: int, num_classes: int, params: FeatureParams = DEFAULT_PARA
   spectrum = (np.arange(FEATURE_DIM) + 10.0) ** -params.noise_decay
   spectrum *= params.noise_scale / np.sqrt(np.mean(spectrum ** 2))
   return World(class_basis=basis[:, :c], motion_basis=basis[:, c:m],
-               background_basis=basis[:, m:], prototypes=prototypes, scenes=scenes,
+               background_basis=basis[:, m:b], generic_basis=basis[:, b:], prototypes=prototypes,
+               scenes=scenes,
                noise_std=spectrum.astype(np.float32))
 
 
@@ -397,6 +413,7 @@ def video_latent(pieces: Sequence[_Piece], n_feat: int, world: World, params: Fe
   """
   class_coords = np.zeros((n_feat, params.class_dim))
   motion = np.zeros((n_feat, params.motion_dim))
+  generic = np.zeros((n_feat, 1))
   for p in pieces:
     length = p.end - p.start
     warp = np.exp(rng.normal(0.0, params.speed_sigma))
@@ -407,16 +424,19 @@ def video_latent(pieces: Sequence[_Piece], n_feat: int, world: World, params: Fe
     frac = (position - first)[:, None]
     traj = protos[first] * (1.0 - frac) + protos[first + 1] * frac  # [length, class_dim]
     traj /= np.linalg.norm(traj, axis=-1, keepdims=True) + 1e-9
-    gain = rng.uniform(*params.amplitude_range)
+    gain = np.full((length, 1), rng.uniform(*params.amplitude_range))  # [length, 1]
+    if length >= 3:
+      gain[[0, -1]] *= params.edge_gain
     class_coords[p.start:p.end] = params.class_scale * gain * traj
+    generic[p.start:p.end] = params.generic_scale * gain
     direction = rng.standard_normal(params.motion_dim)
-    motion[p.start:p.end] = params.motion_scale * direction / np.linalg.norm(direction)
+    motion[p.start:p.end] = params.motion_scale * gain * direction / np.linalg.norm(direction)
   scene = world.scenes[rng.integers(len(world.scenes))]
   eps = rng.standard_normal((n_feat, params.background_dim))
   eps *= params.drift_scale * np.sqrt(1.0 - params.drift_rho ** 2) / np.sqrt(params.background_dim)
   eps[0] /= np.sqrt(1.0 - params.drift_rho ** 2)  # Start from the stationary distribution.
   background = scene + _ar1(eps, params.drift_rho)
-  return np.concatenate([class_coords, motion, background], axis=1).astype(np.float32)
+  return np.concatenate([class_coords, motion, background, generic], axis=1).astype(np.float32)
 
 
 def _add_noise(features: np.ndarray, world: World, rng: np.random.Generator) -> np.ndarray:
@@ -764,7 +784,7 @@ def class_subspace_projector(data_dir: str) -> np.ndarray:
   raw["amplitude_range"] = tuple(raw["amplitude_range"])
   params = FeatureParams(**raw)
   rng = np.random.default_rng([manifest["seed"], 1])
-  dims = params.class_dim + params.motion_dim + params.background_dim
+  dims = params.class_dim + params.motion_dim + params.background_dim + 1
   basis, _ = np.linalg.qr(rng.standard_normal((FEATURE_DIM, dims)))
   return basis[:, :params.class_dim].astype(np.float32)
 
