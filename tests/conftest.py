@@ -9,10 +9,12 @@ and as a directory of ``v_<id>.npy`` files.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 from typing import Callable, Container
@@ -23,7 +25,9 @@ import pytest
 
 # One on-disk XLA cache for the whole test session and the processes it starts: the
 # same program compiled by several short trainings is compiled once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="vreloc-xla-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vreloc-xla-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -4,11 +4,11 @@ Two searches turn the per-step outputs of the localization predictor into one
 predicted segment ``[start, end)`` (end exclusive) per example:
 
 * :func:`search_full` (full supervision): the arg-max over all candidate
-  segments ``[s, e]`` of ``log p_start[s] + log p_end[e] + mean(log p_inside)``
-  (paper eq. 20, and Feng et al.'s benchmark code, which this module follows by
-  default).
+ segments ``[s, e]`` of ``log p_start[s] + log p_end[e] + mean(log p_inside)``
+ (paper eq. 20, and Feng et al.'s benchmark code, which this module follows by
+ default).
 * :func:`search_weak` (weak supervision): the longest run of consecutive steps
-  whose ``p_inside`` is strictly above its mean over the reference.
+ whose ``p_inside`` is strictly above its mean over the reference.
 
 Both are written in vectorized ``jax.numpy`` with no Python loop over steps:
 they are batched, masked by the true reference lengths, and jit-compatible.
@@ -60,209 +60,201 @@ def search_full(
     max_length: int = DEFAULT_MAX_LENGTH,
     form: str = "benchmark",
 ) -> jax.Array:
-    """Finds the best-scoring segment under full supervision.
+  """Finds the best-scoring segment under full supervision.
 
-    Candidates are all ``[s, e]`` with ``0 <= s <= e < length`` and
-    ``e - s < max_length``. Each is scored in log space as
-    ``log p_start[s] + log p_end[e] + mean_inside(s, e)`` where, for
-    ``form="benchmark"`` (Feng et al.'s code), ``mean_inside`` is the mean of
-    ``log p_inside[s:e]`` (end step excluded; ``log p_inside[s]`` for a one-step
-    segment) and, for ``form="paper"`` (eq. 20), the mean over ``[s, e]``
-    inclusive.
+  Candidates are all ``[s, e]`` with ``0 <= s <= e < length`` and
+  ``e - s < max_length``. Each is scored in log space as
+  ``log p_start[s] + log p_end[e] + mean_inside(s, e)`` where, for
+  ``form="benchmark"`` (Feng et al.'s code), ``mean_inside`` is the mean of
+  ``log p_inside[s:e]`` (end step excluded; ``log p_inside[s]`` for a one-step
+  segment) and, for ``form="paper"`` (eq. 20), the mean over ``[s, e]``
+  inclusive.
 
-    Ties follow the benchmark's order: among equal best scores the smallest
-    ``e - s`` wins, then the smallest ``s`` (a first-occurrence arg-max over the
-    scores laid out as ``[e - s, s]``, length offset major). "Equal" means
-    equal up to float32 rounding: mathematically equal scores may differ in
-    their last bits after float32 arithmetic (e.g. the means ``-2.5 / 3`` and
-    ``-7.5 / 9``, which XLA on CPU computes as ``x * fl(1/n)``), so every
-    candidate whose score is within ``(K + 8) * eps32 * |best|`` of the best
-    (``K = min(max_length, len_ref)``, ``eps32 = 2**-23``; about
-    ``8.6e-6 * |best|`` for ``K = 64``) counts as tied with it. That bound
-    covers the rounding error of two scores, so exact ties (quantized or
-    all-equal probabilities) are broken in the benchmark's order whatever the
-    backend's rounding; two distinct scores that close are indistinguishable
-    in float32 anyway.
+  Ties follow the benchmark's order: among equal best scores the smallest
+  ``e - s`` wins, then the smallest ``s`` (a first-occurrence arg-max over the
+  scores laid out as ``[e - s, s]``, length offset major). "Equal" means
+  equal up to float32 rounding: mathematically equal scores may differ in
+  their last bits after float32 arithmetic (e.g. the means ``-2.5 / 3`` and
+  ``-7.5 / 9``, which XLA on CPU computes as ``x * fl(1/n)``), so every
+  candidate whose score is within ``(K + 8) * eps32 * |best|`` of the best
+  (``K = min(max_length, len_ref)``, ``eps32 = 2**-23``; about
+  ``8.6e-6 * |best|`` for ``K = 64``) counts as tied with it. That bound
+  covers the rounding error of two scores, so exact ties (quantized or
+  all-equal probabilities) are broken in the benchmark's order whatever the
+  backend's rounding; two distinct scores that close are indistinguishable
+  in float32 anyway.
 
-    Precision: the inside sums are not differences of one prefix sum along
-    the row (their error would grow with the row's total, not the window's).
-    For each start ``s`` a float32 cumulative sum along the length offset
-    gives the window sums directly (at most ``K`` terms), and the score is
-    ``(log p_start[s] + log p_end[e]) + window_sum / n_terms``. Every term is
-    <= 0 for log probabilities, so nothing cancels and each score carries a
-    relative error of at most about ``(K + 2) * 2**-24``. (A per-row offset
-    was considered and dropped: it cannot change a result beyond the tie
-    tolerance.)
+  Precision: the inside sums are not differences of one prefix sum along
+  the row (their error would grow with the row's total, not the window's).
+  For each start ``s`` a float32 cumulative sum along the length offset
+  gives the window sums directly (at most ``K`` terms), and the score is
+  ``(log p_start[s] + log p_end[e]) + window_sum / n_terms``. Every term is
+  <= 0 for log probabilities, so nothing cancels and each score carries a
+  relative error of at most about ``(K + 2) * 2**-24``. (A per-row offset
+  was considered and dropped: it cannot change a result beyond the tie
+  tolerance.)
 
-    Memory and time are ``O(batch * K * len_ref)``.
+  Memory and time are ``O(batch * K * len_ref)``.
 
-    Args:
-      log_probs: float ``[batch, len_ref, 4]`` log probabilities (<= 0, which
-        the precision and tie analysis above relies on), channels (start, end,
-        inside, outside); only the first three are used. Valid steps should not
-        hold NaN; ``-inf`` is allowed (clamped to -1e30).
-      lengths: int ``[batch]`` true reference lengths, ``0 <= length <=
-        len_ref``. A row of length 0 (e.g. a filler example) yields ``[0, 0)``.
-      max_length: static; the longest segment allowed, in steps (>= 1).
-      form: static; ``"benchmark"`` or ``"paper"``.
+  Args:
+   log_probs: float ``[batch, len_ref, 4]`` log probabilities (<= 0, which
+    the precision and tie analysis above relies on), channels (start, end,
+    inside, outside); only the first three are used. Valid steps should not
+    hold NaN; ``-inf`` is allowed (clamped to -1e30).
+   lengths: int ``[batch]`` true reference lengths, ``0 <= length <=
+    len_ref``. A row of length 0 (e.g. a filler example) yields ``[0, 0)``.
+   max_length: static; the longest segment allowed, in steps (>= 1).
+   form: static; ``"benchmark"`` or ``"paper"``.
 
-    Returns:
-      int32 ``[batch, 2]`` predictions ``[s, e + 1)`` (exclusive end).
+  Returns:
+   int32 ``[batch, 2]`` predictions ``[s, e + 1)`` (exclusive end).
 
-    Raises:
-      ValueError: on a bad shape, option or (concrete) length.
-    """
-    log_probs, lengths = _as_array(log_probs), _as_array(lengths)
-    if form not in FULL_FORMS:
-        raise ValueError(f"search_full: form must be one of {FULL_FORMS} (static), got {form!r}")
-    is_int = isinstance(max_length, (int, np.integer)) and not isinstance(max_length, bool)
-    if not is_int or max_length < 1:
-        raise ValueError(
-            f"search_full: max_length must be a static int >= 1, got {max_length!r}"
-        )
-    if log_probs.ndim != 3 or log_probs.shape[-1] != 4:
-        raise ValueError(
-            "search_full: log_probs must have shape [batch, len_ref, 4], "
-            f"got {log_probs.shape}"
-        )
-    _check_lengths("search_full", lengths, log_probs.shape[0], log_probs.shape[1])
-    return _search_full(log_probs, lengths, max_length=int(max_length), form=form)
+  Raises:
+   ValueError: on a bad shape, option or (concrete) length.
+  """
+  log_probs, lengths = _as_array(log_probs), _as_array(lengths)
+  if form not in FULL_FORMS:
+    raise ValueError(f"search_full: form must be one of {FULL_FORMS} (static), got {form!r}")
+  is_int = isinstance(max_length, (int, np.integer)) and not isinstance(max_length, bool)
+  if not is_int or max_length < 1:
+    raise ValueError(f"search_full: max_length must be a static int >= 1, got {max_length!r}")
+  if log_probs.ndim != 3 or log_probs.shape[-1] != 4:
+    raise ValueError("search_full: log_probs must have shape [batch, len_ref, 4], "
+                     f"got {log_probs.shape}")
+  _check_lengths("search_full", lengths, log_probs.shape[0], log_probs.shape[1])
+  return _search_full(log_probs, lengths, max_length=int(max_length), form=form)
 
 
 def search_weak(
     p_inside: jax.Array | np.ndarray,
     lengths: jax.Array | np.ndarray,
 ) -> jax.Array:
-    """Finds the longest run of above-average ``p_inside`` (weak supervision).
+  """Finds the longest run of above-average ``p_inside`` (weak supervision).
 
-    The threshold of a row is the mean of ``p_inside`` over its valid steps;
-    the prediction is the longest run of consecutive valid steps with
-    ``p_inside > threshold`` (strict), the earliest such run on ties. If no
-    step is above the threshold (e.g. all values equal, or a length-1 row),
-    the whole valid reference ``[0, length)`` is predicted. The mean is taken
-    in float32 and compared without tolerance: exact for values on a coarse
-    grid such as multiples of 1/8; otherwise a step within float32 rounding of
-    the mean may fall either side. (A row of equal values predicts the whole
-    reference either way: all steps above, or none.)
+  The threshold of a row is the mean of ``p_inside`` over its valid steps;
+  the prediction is the longest run of consecutive valid steps with
+  ``p_inside > threshold`` (strict), the earliest such run on ties. If no
+  step is above the threshold (e.g. all values equal, or a length-1 row),
+  the whole valid reference ``[0, length)`` is predicted. The mean is taken
+  in float32 and compared without tolerance: exact for values on a coarse
+  grid such as multiples of 1/8; otherwise a step within float32 rounding of
+  the mean may fall either side. (A row of equal values predicts the whole
+  reference either way: all steps above, or none.)
 
-    Args:
-      p_inside: float ``[batch, len_ref]`` probabilities of "inside"
-        (probabilities or any monotone score; the mean is taken as given).
-      lengths: int ``[batch]`` true reference lengths, ``0 <= length <=
-        len_ref``. A row of length 0 yields ``[0, 0)``.
+  Args:
+   p_inside: float ``[batch, len_ref]`` probabilities of "inside"
+    (probabilities or any monotone score; the mean is taken as given).
+   lengths: int ``[batch]`` true reference lengths, ``0 <= length <=
+    len_ref``. A row of length 0 yields ``[0, 0)``.
 
-    Returns:
-      int32 ``[batch, 2]`` predictions ``[start, end)`` (exclusive end).
+  Returns:
+   int32 ``[batch, 2]`` predictions ``[start, end)`` (exclusive end).
 
-    Raises:
-      ValueError: on a bad shape or (concrete) length.
-    """
-    p_inside, lengths = _as_array(p_inside), _as_array(lengths)
-    if p_inside.ndim != 2:
-        raise ValueError(
-            f"search_weak: p_inside must have shape [batch, len_ref], got {p_inside.shape}"
-        )
-    _check_lengths("search_weak", lengths, p_inside.shape[0], p_inside.shape[1])
-    return _search_weak(p_inside, lengths)
+  Raises:
+   ValueError: on a bad shape or (concrete) length.
+  """
+  p_inside, lengths = _as_array(p_inside), _as_array(lengths)
+  if p_inside.ndim != 2:
+    raise ValueError(
+        f"search_weak: p_inside must have shape [batch, len_ref], got {p_inside.shape}")
+  _check_lengths("search_weak", lengths, p_inside.shape[0], p_inside.shape[1])
+  return _search_weak(p_inside, lengths)
 
 
 def _as_array(value) -> jax.Array | np.ndarray:
-    """Keeps jax arrays (and tracers) and numpy arrays; turns lists and scalars into numpy."""
-    return value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value)
+  """Keeps jax arrays (and tracers) and numpy arrays; turns lists and scalars into numpy."""
+  return value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value)
 
 
 def _check_lengths(caller: str, lengths, batch: int, len_ref: int) -> None:
-    """Validates the shape of ``lengths`` and, when concrete, its values."""
-    if lengths.shape != (batch,):
-        raise ValueError(f"{caller}: lengths must have shape [{batch}], got {lengths.shape}")
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise ValueError(f"{caller}: lengths must be integers, got dtype {lengths.dtype}")
-    if isinstance(lengths, jax.core.Tracer):
-        return  # Inside a trace the kernel clips to [0, len_ref] instead.
-    values = np.asarray(lengths)
-    bad = np.flatnonzero((values < 0) | (values > len_ref))
-    if bad.size:
-        row = int(bad[0])
-        raise ValueError(
-            f"{caller}: lengths must lie in [0, {len_ref}] (the padded length); "
-            f"row {row} has length {int(values[row])} ({bad.size} bad rows)"
-        )
+  """Validates the shape of ``lengths`` and, when concrete, its values."""
+  if lengths.shape != (batch,):
+    raise ValueError(f"{caller}: lengths must have shape [{batch}], got {lengths.shape}")
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise ValueError(f"{caller}: lengths must be integers, got dtype {lengths.dtype}")
+  if isinstance(lengths, jax.core.Tracer):
+    return  # Inside a trace the kernel clips to [0, len_ref] instead.
+  values = np.asarray(lengths)
+  bad = np.flatnonzero((values < 0) | (values > len_ref))
+  if bad.size:
+    row = int(bad[0])
+    raise ValueError(f"{caller}: lengths must lie in [0, {len_ref}] (the padded length); "
+                     f"row {row} has length {int(values[row])} ({bad.size} bad rows)")
 
 
 @functools.partial(jax.jit, static_argnames=("max_length", "form"))
-def _search_full(
-    log_probs: jax.Array, lengths: jax.Array, *, max_length: int, form: str
-) -> jax.Array:
-    """Jitted kernel of :func:`search_full` (arguments already checked)."""
-    len_ref = log_probs.shape[1]
-    n_offsets = min(max_length, len_ref)  # K: candidate length offsets e - s = 0 .. K-1
-    lengths = jnp.clip(lengths.astype(jnp.int32), 0, len_ref)  # [batch]
-    positions = jnp.arange(len_ref, dtype=jnp.int32)  # [len_ref]
-    step_mask = positions[None, :] < lengths[:, None]  # [batch, len_ref]
+def _search_full(log_probs: jax.Array, lengths: jax.Array, *, max_length: int,
+                 form: str) -> jax.Array:
+  """Jitted kernel of :func:`search_full` (arguments already checked)."""
+  len_ref = log_probs.shape[1]
+  n_offsets = min(max_length, len_ref)  # K: candidate length offsets e - s = 0 .. K-1
+  lengths = jnp.clip(lengths.astype(jnp.int32), 0, len_ref)  # [batch]
+  positions = jnp.arange(len_ref, dtype=jnp.int32)  # [len_ref]
+  step_mask = positions[None, :] < lengths[:, None]  # [batch, len_ref]
 
-    # Zero the padding first so that NaN/inf there cannot leak into any sum.
-    log_probs = jnp.maximum(log_probs.astype(jnp.float32), _LOG_FLOOR)
-    log_probs = jnp.where(step_mask[:, :, None], log_probs, 0.0)  # [batch, len_ref, 4]
-    log_start = log_probs[:, :, _START]  # [batch, len_ref]
-    log_end = log_probs[:, :, _END]  # [batch, len_ref]
-    log_inside = log_probs[:, :, _INSIDE]  # [batch, len_ref]
+  # Zero the padding first so that NaN/inf there cannot leak into any sum.
+  log_probs = jnp.maximum(log_probs.astype(jnp.float32), _LOG_FLOOR)
+  log_probs = jnp.where(step_mask[:, :, None], log_probs, 0.0)  # [batch, len_ref, 4]
+  log_start = log_probs[:, :, _START]  # [batch, len_ref]
+  log_end = log_probs[:, :, _END]  # [batch, len_ref]
+  log_inside = log_probs[:, :, _INSIDE]  # [batch, len_ref]
 
-    # Candidate grid, offset major: window_steps[k, s] = s + k = e.
-    offsets = jnp.arange(n_offsets, dtype=jnp.int32)  # [K]
-    window_steps = offsets[:, None] + positions[None, :]  # [K, len_ref]
-    pad = ((0, 0), (0, n_offsets))  # Steps past len_ref read zeros; such candidates are masked.
-    end_at = jnp.pad(log_end, pad)[:, window_steps]  # [batch, K, len_ref]: log p_end[s + k]
-    inside_at = jnp.pad(log_inside, pad)[:, window_steps]  # [batch, K, len_ref]: log p_in[s + k]
+  # Candidate grid, offset major: window_steps[k, s] = s + k = e.
+  offsets = jnp.arange(n_offsets, dtype=jnp.int32)  # [K]
+  window_steps = offsets[:, None] + positions[None, :]  # [K, len_ref]
+  pad = ((0, 0), (0, n_offsets))  # Steps past len_ref read zeros; such candidates are masked.
+  end_at = jnp.pad(log_end, pad)[:, window_steps]  # [batch, K, len_ref]: log p_end[s + k]
+  inside_at = jnp.pad(log_inside, pad)[:, window_steps]  # [batch, K, len_ref]: log p_in[s + k]
 
-    # Window sums: a cumulative sum along the offset, per start (at most K terms).
-    inside_sum = jnp.cumsum(inside_at, axis=1)  # [batch, K, len_ref]: steps s .. s + k
-    if form == "benchmark":
-        # Steps s .. e - 1 (k terms), or just s for a one-step segment.
-        inside_sum = jnp.concatenate([inside_sum[:, :1], inside_sum[:, :-1]], axis=1)
-        n_terms = jnp.maximum(offsets, 1)  # [K]
-    else:
-        n_terms = offsets + 1  # [K]: steps s .. e
-    n_terms = n_terms.astype(jnp.float32)[None, :, None]  # [1, K, 1]
-    score = (log_start[:, None, :] + end_at) + inside_sum / n_terms  # [batch, K, len_ref]
+  # Window sums: a cumulative sum along the offset, per start (at most K terms).
+  inside_sum = jnp.cumsum(inside_at, axis=1)  # [batch, K, len_ref]: steps s .. s + k
+  if form == "benchmark":
+    # Steps s .. e - 1 (k terms), or just s for a one-step segment.
+    inside_sum = jnp.concatenate([inside_sum[:, :1], inside_sum[:, :-1]], axis=1)
+    n_terms = jnp.maximum(offsets, 1)  # [K]
+  else:
+    n_terms = offsets + 1  # [K]: steps s .. e
+  n_terms = n_terms.astype(jnp.float32)[None, :, None]  # [1, K, 1]
+  score = (log_start[:, None, :] + end_at) + inside_sum / n_terms  # [batch, K, len_ref]
 
-    candidate_mask = window_steps[None, :, :] < lengths[:, None, None]  # [batch, K, len_ref]
-    score = jnp.where(candidate_mask, score, -jnp.inf)
-    score = score.reshape(score.shape[0], -1)  # [batch, K * len_ref]
+  candidate_mask = window_steps[None, :, :] < lengths[:, None, None]  # [batch, K, len_ref]
+  score = jnp.where(candidate_mask, score, -jnp.inf)
+  score = score.reshape(score.shape[0], -1)  # [batch, K * len_ref]
 
-    # First candidate (offset major) whose score equals the best up to float32 rounding.
-    best = jnp.max(score, axis=1, keepdims=True)  # [batch, 1]
-    tolerance = (n_offsets + 8) * _FLOAT32_EPS * jnp.abs(best)  # [batch, 1]
-    top_mask = score >= best - tolerance  # [batch, K * len_ref]
-    flat_best = jnp.argmax(top_mask, axis=1).astype(jnp.int32)  # [batch]
-    offset = flat_best // len_ref  # [batch]: e - s
-    start = flat_best % len_ref  # [batch]
-    prediction = jnp.stack([start, start + offset + 1], axis=1)  # [batch, 2]
-    return jnp.where(lengths[:, None] > 0, prediction, 0).astype(jnp.int32)
+  # First candidate (offset major) whose score equals the best up to float32 rounding.
+  best = jnp.max(score, axis=1, keepdims=True)  # [batch, 1]
+  tolerance = (n_offsets + 8) * _FLOAT32_EPS * jnp.abs(best)  # [batch, 1]
+  top_mask = score >= best - tolerance  # [batch, K * len_ref]
+  flat_best = jnp.argmax(top_mask, axis=1).astype(jnp.int32)  # [batch]
+  offset = flat_best // len_ref  # [batch]: e - s
+  start = flat_best % len_ref  # [batch]
+  prediction = jnp.stack([start, start + offset + 1], axis=1)  # [batch, 2]
+  return jnp.where(lengths[:, None] > 0, prediction, 0).astype(jnp.int32)
 
 
 @jax.jit
 def _search_weak(p_inside: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Jitted kernel of :func:`search_weak` (arguments already checked)."""
-    len_ref = p_inside.shape[1]
-    lengths = jnp.clip(lengths.astype(jnp.int32), 0, len_ref)  # [batch]
-    positions = jnp.arange(len_ref, dtype=jnp.int32)  # [len_ref]
-    step_mask = positions[None, :] < lengths[:, None]  # [batch, len_ref]
-    p_inside = jnp.where(step_mask, p_inside.astype(jnp.float32), 0.0)  # [batch, len_ref]
+  """Jitted kernel of :func:`search_weak` (arguments already checked)."""
+  len_ref = p_inside.shape[1]
+  lengths = jnp.clip(lengths.astype(jnp.int32), 0, len_ref)  # [batch]
+  positions = jnp.arange(len_ref, dtype=jnp.int32)  # [len_ref]
+  step_mask = positions[None, :] < lengths[:, None]  # [batch, len_ref]
+  p_inside = jnp.where(step_mask, p_inside.astype(jnp.float32), 0.0)  # [batch, len_ref]
 
-    # Threshold = mean over the valid steps (padding is zero here).
-    n_valid = jnp.maximum(lengths, 1).astype(jnp.float32)  # [batch]
-    threshold = jnp.sum(p_inside, axis=1) / n_valid  # [batch]
-    above_mask = step_mask & (p_inside > threshold[:, None])  # [batch, len_ref]
+  # Threshold = mean over the valid steps (padding is zero here).
+  n_valid = jnp.maximum(lengths, 1).astype(jnp.float32)  # [batch]
+  threshold = jnp.sum(p_inside, axis=1) / n_valid  # [batch]
+  above_mask = step_mask & (p_inside > threshold[:, None])  # [batch, len_ref]
 
-    # Run length ending at each step: the run starts right after the last step
-    # at or before it that is not above (a running maximum of break positions).
-    breaks = jnp.where(above_mask, 0, positions[None, :] + 1)  # [batch, len_ref]
-    run_start = jax.lax.cummax(breaks, axis=1)  # [batch, len_ref]
-    run_length = jnp.where(above_mask, positions[None, :] - run_start + 1, 0)  # [batch, len_ref]
+  # Run length ending at each step: the run starts right after the last step
+  # at or before it that is not above (a running maximum of break positions).
+  breaks = jnp.where(above_mask, 0, positions[None, :] + 1)  # [batch, len_ref]
+  run_start = jax.lax.cummax(breaks, axis=1)  # [batch, len_ref]
+  run_length = jnp.where(above_mask, positions[None, :] - run_start + 1, 0)  # [batch, len_ref]
 
-    # The first step holding the longest run length ends the earliest longest run.
-    last = jnp.argmax(run_length, axis=1).astype(jnp.int32)  # [batch]
-    longest = jnp.take_along_axis(run_length, last[:, None], axis=1)[:, 0]  # [batch]
-    run = jnp.stack([last - longest + 1, last + 1], axis=1)  # [batch, 2]
-    whole = jnp.stack([jnp.zeros_like(lengths), lengths], axis=1)  # [batch, 2]
-    return jnp.where(longest[:, None] > 0, run, whole).astype(jnp.int32)
+  # The first step holding the longest run length ends the earliest longest run.
+  last = jnp.argmax(run_length, axis=1).astype(jnp.int32)  # [batch]
+  longest = jnp.take_along_axis(run_length, last[:, None], axis=1)[:, 0]  # [batch]
+  run = jnp.stack([last - longest + 1, last + 1], axis=1)  # [batch, 2]
+  whole = jnp.stack([jnp.zeros_like(lengths), lengths], axis=1)  # [batch, 2]
+  return jnp.where(longest[:, None] > 0, run, whole).astype(jnp.int32)
