@@ -154,7 +154,7 @@ def test_multiscale_attention_matches_per_head_reference_and_padding_invariant()
   query_seqs = sequences(4, [4, 2, 4, 0], 8)
   ref, ref_mask = batch_variants(ref_seqs, total=12, seed=5)
   query, query_mask = batch_variants(query_seqs, total=6, seed=6)
-  module = attention.MultiscaleAttention(groups=GROUPS, head_dim=4)
+  module = attention.MultiscaleAttention(groups=GROUPS, head_dim=4, relative=False)
   params = random_params(lambda: module.init(jax.random.key(1), ref, ref_mask, query, query_mask))
   apply = jax.jit(module.apply)
   out = np.asarray(apply(params, ref, ref_mask, query, query_mask))
@@ -168,6 +168,10 @@ def test_multiscale_attention_matches_per_head_reference_and_padding_invariant()
     np.testing.assert_allclose(out[b, :len(ref_seqs[b])], expected, rtol=1e-4, atol=1e-6)
     # softmax over reference frames, averaged over query frames: each head sums to 1
     np.testing.assert_allclose(out[b].sum(axis=0), 1.0, rtol=1e-5)
+  # relative=True (the default) is the same attention times each reference's length.
+  relative = attention.MultiscaleAttention(groups=GROUPS, head_dim=4)
+  scaled = np.asarray(jax.jit(relative.apply)(params, ref, ref_mask, query, query_mask))
+  np.testing.assert_allclose(scaled, out * ref_mask.sum(axis=1)[:, None, None], rtol=1e-5)
 
 
 def test_multiscale_attention_rejects_bad_input():
@@ -289,7 +293,10 @@ def test_relocalizer_outputs_and_dropout(tiny_model):
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.exp(np.asarray(out["log_probs"])), probs, rtol=1e-5, atol=1e-7)
   has_ref = ref_mask.any(axis=1)
-  np.testing.assert_allclose(np.asarray(out["attention"]).sum(axis=1)[has_ref], 1.0, rtol=1e-5)
+  # Relative attention (the default): each head sums to l_r over the valid reference steps.
+  head_sums = np.asarray(out["attention"]).sum(axis=1)[has_ref]  # [examples, heads]
+  np.testing.assert_allclose(head_sums, np.broadcast_to(
+      ref_mask.sum(axis=1)[has_ref, None].astype(np.float32), head_sums.shape), rtol=1e-5)
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
   assert not np.allclose(a, out["logits"])
@@ -331,7 +338,8 @@ def test_model_config_defaults():
   assert cfg.to_dict() == {
       "hidden_dim": 128, "map_kernel_size": 3,
       "attention_groups": ((8, 1, 1), (8, 3, 1), (8, 3, 2), (8, 3, 3), (8, 3, 4)),
-      "head_dim": 32, "use_self_attention": True, "self_attention_heads": 2,
+      "head_dim": 32, "attention_relative": True, "use_self_attention": True,
+      "self_attention_heads": 2,
       "self_attention_head_dim": 32, "self_attention_out": 0, "lstm_dim": 128,
       "dropout_in": 0.4, "dropout_out": 0.2, "dtype": "float32"}
 

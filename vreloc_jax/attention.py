@@ -96,11 +96,16 @@ class MultiscaleAttention(nn.Module):
     groups: tuple of (num_heads, kernel_size, dilation); heads are ordered group by
       group in the output.
     head_dim: number of kernels (channels) per head.
+    relative: multiply each head by the reference's valid length l_r, so that
+      uniform attention reads 1 whatever l_r. The paper's average of a softmax
+      over l_r frames is ~1/l_r: 0.003 on a 300-step reference, too small a
+      signal for the LSTM that reads it. False gives the paper's literal values.
     dtype: computation dtype of the convolutions (scores and softmax use float32).
   """
 
   groups: tuple[AttentionGroup, ...]
   head_dim: int = 32
+  relative: bool = True
   dtype: Any = jnp.float32
 
   @property
@@ -119,8 +124,9 @@ class MultiscaleAttention(nn.Module):
       query_mask: bool[batch, len_query].
 
     Returns:
-      float32[batch, len_ref, num_heads]; each head sums to 1 over the valid
-      reference frames of an example with a valid query frame; 0 at padded steps.
+      float32[batch, len_ref, num_heads]; each head sums to 1 (``relative``:
+      to l_r) over the valid reference frames of an example with a valid query
+      frame; 0 at padded steps.
     """
     check_sequence("reference", reference, reference_mask)
     check_sequence("query", query, query_mask)
@@ -155,6 +161,9 @@ class MultiscaleAttention(nn.Module):
     query_count = jnp.maximum(query_mask.sum(axis=1), 1).astype(jnp.float32)  # [B]
     pooled = (weights * query_valid).sum(axis=3) / query_count[:, None, None]  # [B, heads, Lr]
     pooled = pooled.transpose(0, 2, 1)  # [B, Lr, heads]
+    if self.relative:
+      ref_length = reference_mask.sum(axis=1).astype(jnp.float32)  # [B]
+      pooled = pooled * ref_length[:, None, None]
     return mask_steps(pooled, reference_mask)
 
 

@@ -47,6 +47,7 @@ def model_config() -> ml_collections.ConfigDict:
   cfg.map_kernel_size = 3  # Kernel size of the feature-mapping conv (not given in the paper).
   cfg.attention_groups = MULTISCALE_GROUPS  # Heads (num_heads, kernel, dilation), Table 1.
   cfg.head_dim = 32  # Kernels (channels) per multiscale attention head (Table 1).
+  cfg.attention_relative = True  # H^matt times l_r (uniform = 1); False: the paper's ~1/l_r.
   cfg.use_self_attention = True  # Concatenate H^satt to H^matt (eqs. 9-10); False in ablations.
   cfg.self_attention_heads = 2  # h of the self-attention (eq. 1).
   cfg.self_attention_head_dim = 32  # d_k of the self-attention (eq. 3).
@@ -217,7 +218,8 @@ class ReLocalizer(nn.Module):
     h_ref = FeatureMapping(cfg.hidden_dim, cfg.map_kernel_size, dtype=dtype,
                            name="reference_mapping")(reference, reference_mask)  # [B, Lr, d_h]
     multiscale = MultiscaleAttention(normalize_groups(cfg.attention_groups), cfg.head_dim,
-                                     dtype=dtype, name="multiscale_attention")
+                                     relative=cfg.get("attention_relative", True), dtype=dtype,
+                                     name="multiscale_attention")
     attention = multiscale(h_ref, reference_mask, h_query, query_mask)  # [B, Lr, heads]
     features = [attention.astype(dtype)]
     if cfg.use_self_attention:
