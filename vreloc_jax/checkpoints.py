@@ -30,7 +30,8 @@ def manager(workdir: str, keep: int = 2, read_only: bool = False) -> ocp.Checkpo
   ])
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy, best_fn=_best_metric, best_mode="max",
-      create=not read_only, read_only=read_only, enable_async_checkpointing=False)
+      create=not read_only, read_only=read_only, save_interval_steps=0 if read_only else 1,
+      enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=options)
 

@@ -53,9 +53,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  sharding.quiet_library_logs()
-  sharding.enable_compilation_cache()
-  sharding.initialize_distributed()
+  sharding.start_process()
   try:
     results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output)
   except ValueError as e:

@@ -26,9 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  sharding.quiet_library_logs()
-  sharding.enable_compilation_cache()
-  sharding.initialize_distributed()
+  sharding.start_process()
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:

@@ -97,3 +97,10 @@ def enable_compilation_cache(directory: str | None = None) -> None:
   jax.config.update("jax_compilation_cache_dir",
                     directory or os.path.join(cache, "vreloc_jax", "xla"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def start_process() -> None:
+  """What every command-line program does first: quiet logs, compile cache, multi-host join."""
+  quiet_library_logs()
+  enable_compilation_cache()
+  initialize_distributed()
