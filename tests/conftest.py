@@ -31,6 +31,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The real benchmark's split files (never copied into the project): ../shared beside the
+# checkout, or $VRELOC_REAL_DATA. Tests that need them skip when they are absent.
+REAL_DATA_DIR = pathlib.Path(os.environ.get(
+    "VRELOC_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "activitynet_reloc"))
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 

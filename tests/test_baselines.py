@@ -17,8 +17,9 @@ from vreloc_jax.data import features as features_lib
 from vreloc_jax.data import pairs as pairs_lib
 from vreloc_jax.data import splits as splits_lib
 from vreloc_jax.data import synthetic
+from tests.conftest import REAL_DATA_DIR
 
-REAL_DIR = "/work/shared/data/activitynet_reloc"
+REAL_DIR = str(REAL_DATA_DIR)
 ALL_METHODS = baselines.METHODS + baselines.DIAGNOSTICS
 
 needs_real = pytest.mark.skipif(not os.path.isfile(os.path.join(REAL_DIR, "test.json")),

@@ -17,9 +17,10 @@ import pytest
 
 from vreloc_jax.data import batching, features, pairs, splits
 from vreloc_jax.data.splits import Entry
+from tests.conftest import REAL_DATA_DIR
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-REAL_DATA = pathlib.Path("/work/shared/data/activitynet_reloc")
+REAL_DATA = REAL_DATA_DIR
 REAL_COUNTS = {"train": 7593, "val": 829, "test": 978}
 needs_real_data = pytest.mark.skipif(not (REAL_DATA / "test.json").is_file(),
                                      reason="real benchmark split files absent")

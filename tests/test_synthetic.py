@@ -14,8 +14,9 @@ import pytest
 from vreloc_jax.data import features as features_lib
 from vreloc_jax.data import splits as splits_lib
 from vreloc_jax.data import synthetic
+from tests.conftest import REAL_DATA_DIR
 
-REAL_DIR = "/work/shared/data/activitynet_reloc"
+REAL_DIR = str(REAL_DATA_DIR)
 SCALE = 0.02  # ~150 train / 17 val / 20 test entries; a couple of seconds to generate.
 JSON_FILES = ("train.json", "val.json", "test.json", "length.json", synthetic.MANIFEST_NAME)
 
