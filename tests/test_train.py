@@ -146,6 +146,11 @@ def test_four_devices_and_two_processes_match_one_device(data_dir, tmp_path, sup
     close = np.isclose(a, b, rtol=1e-4, atol=1e-5)
     assert close.mean() > 0.99, f"{name}: only {close.mean():.2%} of parameters agree"
     assert np.abs(a - b).max() <= adam_bound, name
+  # A checkpoint saved on 4 devices restores on this process's single device, unchanged.
+  restored = _params(str(tmp_path / "w4"), config)
+  saved = np.load(four)
+  for k in saved.files:
+    np.testing.assert_array_equal(restored[k], saved[k], err_msg=k)
   workdirs = {"4 devices": tmp_path / "w4", "2 processes": tmp_path / "w2"}
   for name in runs:
     np.testing.assert_allclose(losses(workdirs[name]), losses(tmp_path / "w1"), rtol=1e-4,

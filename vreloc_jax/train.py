@@ -69,9 +69,10 @@ def synthetic_dir(config: ml_collections.ConfigDict) -> str:
   """Where the synthetic default benchmark of a config is cached."""
   if config.data.synthetic_dir:
     return config.data.synthetic_dir
+  from vreloc_jax.data import synthetic  # Imported lazily: only the default needs it.
   cache = os.environ.get("VRELOC_CACHE") or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vreloc_jax")
-  return os.path.join(cache, f"synthetic-seed{config.data.synthetic_seed}"
+  return os.path.join(cache, f"synthetic-v{synthetic.VERSION}-seed{config.data.synthetic_seed}"
                       f"-scale{config.data.synthetic_scale:g}")
 
 

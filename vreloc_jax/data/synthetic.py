@@ -155,6 +155,7 @@ class FeatureParams:
   num_prototypes: int = 4  # Prototype vectors per class trajectory.
   class_scale: float = 3.0  # Norm of the class trajectory.
   appearance_scale: float = 12.0  # Norm of an instance's appearance vector.
+  appearance_per_video: bool = False  # One appearance for all instances of a video (else per instance).
   scene_scale: float = 6.0  # Norm scale of a scene vector.
   drift_scale: float = 5.0  # Stationary norm scale of the drift.
   drift_rho: float = 0.9  # AR(1) coefficient of the drift per feature step.
@@ -470,6 +471,7 @@ def video_latent(pieces: Sequence[_Piece], n_feat: int, world: World, params: Fe
   """
   class_coords = np.zeros((n_feat, params.class_dim))
   appearance = np.zeros((n_feat, params.appearance_dim))
+  video_direction = rng.standard_normal(params.appearance_dim) if params.appearance_per_video else None
   for p in pieces:
     length = p.end - p.start
     warp = np.exp(rng.normal(0.0, params.speed_sigma))
@@ -484,7 +486,8 @@ def video_latent(pieces: Sequence[_Piece], n_feat: int, world: World, params: Fe
     if length >= 3:
       gain[[0, -1]] *= params.edge_gain
     class_coords[p.start:p.end] = params.class_scale * gain * traj
-    direction = rng.standard_normal(params.appearance_dim)
+    direction = (video_direction if video_direction is not None else
+                 rng.standard_normal(params.appearance_dim))
     appearance[p.start:p.end] = params.appearance_scale * gain * direction / np.linalg.norm(direction)
   scene = world.scenes[rng.integers(len(world.scenes))]
   eps = rng.standard_normal((n_feat, params.background_dim))
