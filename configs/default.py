@@ -64,6 +64,22 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
+def for_supervision(supervision: str, arg: str | None) -> ml_collections.ConfigDict:
+  """The defaults set for "weak" or "full" supervision, then the config arguments applied.
+
+  Weak: co-attention loss only, longest-run inference. Full: loss_w + loss_c and the
+  start/end search (the paper's Table 4 last row).
+  """
+  if supervision not in ("weak", "full"):
+    raise ValueError(f"supervision must be 'weak' or 'full', got {supervision!r}")
+  config = get_config()
+  config.supervision = supervision
+  config.loss.cross_entropy_weight = 1.0 if supervision == "full" else 0.0
+  config.loss.coattention_weight = 1.0
+  config.eval.inference = supervision
+  return apply_arguments(config, arg)
+
+
 def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies the comma-separated config arguments (see the module docstring)."""
   for token in filter(None, (t.strip() for t in (arg or "").split(","))):

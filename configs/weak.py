@@ -28,9 +28,4 @@ from configs import default
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
-  config.supervision = "weak"
-  config.loss.cross_entropy_weight = 0.0
-  config.loss.coattention_weight = 1.0
-  config.eval.inference = "weak"
-  return default.apply_arguments(config, arg)
+  return default.for_supervision("weak", arg)
