@@ -180,10 +180,13 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
       coatt = functools.partial(losses.coattention_loss, batch["query"], batch["query_mask"],
                                 batch["reference"], reference_mask, out["probs"],
                                 config.loss.alpha, example_mask=example_mask)
-      predicted = jax.lax.stop_gradient(predict_segments(out, lengths, config))  # [batch, 2]
-      action_mask = losses.segment_mask(predicted, reference_mask.shape[1])  # [batch, len_ref]
-      masked = step >= config.loss.mask_after_steps
-      terms["loss_c"] = jnp.where(masked, coatt(action_mask=action_mask), coatt())
+
+      def with_masks():  # Action/background masks from the predicted segment, held fixed.
+        predicted = jax.lax.stop_gradient(predict_segments(out, lengths, config))  # [batch, 2]
+        return coatt(action_mask=losses.segment_mask(predicted, reference_mask.shape[1]))
+
+      # Only the branch of the current step runs (the segment search only once masks are on).
+      terms["loss_c"] = jax.lax.cond(step >= config.loss.mask_after_steps, with_masks, coatt)
       total += config.loss.coattention_weight * terms["loss_c"]
     if use_ce:
       terms["loss_w"] = losses.weighted_cross_entropy(out["logits"], batch["segment"],
