@@ -77,6 +77,11 @@ def for_supervision(supervision: str, arg: str | None) -> ml_collections.ConfigD
   config.loss.cross_entropy_weight = 1.0 if supervision == "full" else 0.0
   config.loss.coattention_weight = 1.0
   config.eval.inference = supervision
+  if supervision == "weak":
+    # The co-attention objective peaks early and then over-sharpens p_inside (see
+    # configs/weak.py): 100 steps without the masks, 100 with them, val every 25.
+    config.train.num_steps = 200
+    config.train.eval_every = 25
   return apply_arguments(config, arg)
 
 

@@ -209,8 +209,18 @@ def test_render_video_structure():
   features, class_coords = synthetic.render_video(pieces, 40, world, params,
                                                   np.random.default_rng(0))
   assert features.shape == (40, 500) and features.dtype == np.float32
-  inside = np.linalg.norm(class_coords, axis=1) > 0
-  assert inside[10:20].all() and inside[30:34].all() and inside.sum() == 14
+  # Outside the video's own instance (distractor included) the class part holds the
+  # class context, the normalized mean of the class's prototypes; inside, the trajectory.
+  context = world.prototypes[1].mean(axis=0)
+  context *= params.context_scale / np.linalg.norm(context)
+  background = np.r_[0:10, 20:30, 34:40]
+  np.testing.assert_allclose(class_coords[background], np.tile(context, (26, 1)), atol=1e-4)
+  assert np.linalg.norm(class_coords[11:19], axis=1).max() <= params.class_scale * 1.2 + 1e-4
+  assert np.linalg.norm(class_coords[30:34] - context, axis=1).min() > 0.5 * params.class_scale
+  # Both instances carry the shared action direction, with their own appearance.
+  along_action = (features @ world.appearance_basis)[[15, 32]] @ world.action_direction
+  assert np.all(along_action > 0.5 * params.action_scale)
+  assert np.all(np.abs((features @ world.appearance_basis)[[5, 25]] @ world.action_direction) < 1)
   # The class part of the features is the class trajectory plus in-subspace noise only.
   projected = features @ world.class_basis
   assert np.abs(projected - class_coords).mean() < 0.5 * params.class_scale

@@ -73,7 +73,12 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
   # Interrupted after 2 steps, then the same command again: the same trajectory.
   resumed = str(tmp_path / "resumed")
   train.train_and_evaluate(tiny_config("weak", data_dir, num_steps=2), resumed)
+  with open(os.path.join(resumed, "metrics.jsonl"), "a", encoding="utf-8") as f:
+    # As if the interrupted run had logged step 3 and died mid-line before saving it.
+    f.write(json.dumps({"step": 3, "loss": 123.0}) + '\n{"step": 4, "lo')
   train.train_and_evaluate(config, resumed)
+  resumed_records = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
+  assert [r["step"] for r in resumed_records if "loss" in r] == [1, 2, 3, 4]
   a, b = _params(straight, config), _params(resumed, config)
   assert a.keys() == b.keys()
   for k in a:

@@ -288,6 +288,30 @@ class MetricsWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = jax.process_index() == 0
 
+  def truncate_after(self, step: int) -> None:
+    """Drops records of steps after `step`: a resumed run logs them again.
+
+    An interrupted run may have logged past its last checkpoint; without this the
+    resumed run's records of those steps would follow them as duplicates.
+    """
+    if not self.enabled or not os.path.isfile(self.path):
+      return
+    with open(self.path, "r", encoding="utf-8") as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        record_step = json.loads(line).get("step", 0)
+      except json.JSONDecodeError:  # A line cut short by the interruption.
+        continue
+      if record_step <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
+
   def write(self, record: dict[str, Any]) -> None:
     if self.enabled:
       with open(self.path, "a", encoding="utf-8") as f:
@@ -359,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = MetricsWriter(workdir)
   num_steps = config.train.num_steps
   first_step = int(state["step"])
+  writer.truncate_after(first_step)
   stream = batching.prefetch(batches.batch(s) for s in range(first_step, num_steps))
   pending = None  # (step, metrics) of the previous step, checked one step late.
   tick, tick_step, start = time.time(), first_step, time.time()
