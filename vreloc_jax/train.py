@@ -306,7 +306,7 @@ class MetricsWriter:
         continue
       if record_step <= step:
         kept.append(line if line.endswith("\n") else line + "\n")
-    if len(kept) != len(lines):
+    if kept != lines:
       tmp = self.path + ".tmp"
       with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(kept)
