@@ -62,15 +62,14 @@ def top1_map(ious: Sequence[float] | np.ndarray) -> dict[str, Any]:
   return {"mAP": per_t, "mAP_avg": avg}
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-  """Writes JSON through a temporary file and a rename: never half-written."""
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes text through a temporary file and a rename: never half-written."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=1)
-      f.write("\n")
+      f.write(text)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
@@ -79,6 +78,11 @@ def atomic_write_json(path: str, obj: Any) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  """Writes JSON through a temporary file and a rename: never half-written."""
+  atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def predictions_path(results_path: str) -> str:

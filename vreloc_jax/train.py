@@ -307,10 +307,7 @@ class MetricsWriter:
       if record_step <= step:
         kept.append(line if line.endswith("\n") else line + "\n")
     if kept != lines:
-      tmp = self.path + ".tmp"
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)
+      metrics.atomic_write_text(self.path, "".join(kept))
 
   def write(self, record: dict[str, Any]) -> None:
     if self.enabled:
