@@ -64,9 +64,9 @@ the raw features (`--method=coattention_search`). Version 2 of this generator
 (a per-instance appearance of norm 12 dominating every action, a strong
 scene, no context, no action direction) also held the frame-level baseline
 at 10.8, but there the criterion's search scored 23.4 and the weakly
-supervised model 5.6: what set an action apart was only the energy of an
-appearance vector in a random direction, not a direction a linear mapping
-can pick out.
+supervised model 5.6 (what set an action apart there was the energy of an
+appearance vector in a random direction, which a linear mapping followed by
+LayerNorm can hardly read).
 """
 
 from __future__ import annotations
@@ -873,7 +873,7 @@ def class_subspace_projector(data_dir: str) -> np.ndarray:
   """The class-subspace basis of a generated benchmark, float32 [D, class_dim].
 
   An oracle for calibration only (a model must learn it): ``features @ P``
-  keeps the class trajectories and the noise in that subspace, and drops the
+  keeps the class trajectories and contexts and the noise in that subspace, and drops the
   appearance, background and the rest of the noise.
   """
   manifest_path = os.path.join(data_dir, MANIFEST_NAME)
