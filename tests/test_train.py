@@ -87,6 +87,12 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
                     if "loss" in r and r["step"] > 2]
   assert loss(straight) == loss(resumed)
 
+  # Another configuration in the same work directory is refused, not mixed in.
+  other = tiny_config("weak", data_dir)
+  other.loss.alpha = 0.5
+  with pytest.raises(ValueError, match=r"different run.*loss\.alpha \(0\.3 -> 0\.5\)"):
+    train.train_and_evaluate(other, resumed)
+
   # Evaluating the best checkpoint later gives exactly the end-of-training results.
   again = evaluate.evaluate_checkpoint(straight, "best", "test", str(tmp_path / "again.json"))
   assert again["mAP"] == results["mAP"] and again["mAP_avg"] == results["mAP_avg"]

@@ -323,9 +323,41 @@ def _check_finite(step: int, values: dict[str, Any]) -> dict[str, float]:
   return host
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+# Fields a rerun may change and still resume the same run (length, logging, evaluation).
+RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every",
+                    "train.keep_checkpoints", "eval.batch_size", "eval.baselines")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> None:
+  """Writes W/config.json (with the resolved data directory) after checking a resume.
+
+  Raises:
+    ValueError: W already holds checkpoints of a run with another configuration or
+      other data (outside `RESUMABLE_FIELDS`); resuming it would mix two runs.
+  """
+  record = json.loads(config.to_json())
+  record["data"]["resolved_dir"] = os.path.abspath(data_dir)
+  path = os.path.join(workdir, "config.json")
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  if os.path.isfile(path) and os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
+    with open(path, "r", encoding="utf-8") as f:
+      old, new = _flatten(json.load(f)), _flatten(record)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and k.rstrip(".") not in RESUMABLE_FIELDS)
+    if changed:
+      raise ValueError(
+          f"{workdir} holds checkpoints of a different run; it differs in "
+          + ", ".join(f"{k.rstrip('.')} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:5])
+          + (" …" if len(changed) > 5 else "") + ". Rerun with the same configuration to "
+          "resume it, or choose a new --workdir.")
   if jax.process_index() == 0:
-    metrics.atomic_write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    metrics.atomic_write_json(path, record)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -359,7 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.check_batch_size(config.train.batch_size, mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh)
   bench = load_benchmark(config)
-  save_config(config, workdir)
+  save_config(config, workdir, bench.data_dir)
   logging.info("Data: %s (features %s, dim %d); %s; %d devices, %d processes.", bench.data_dir,
                bench.features_path, bench.feature_dim,
                ", ".join(f"{k} {len(v)}" for k, v in bench.entries.items()), mesh.size,
