@@ -6,6 +6,14 @@ Config arguments (after the file name, comma-separated), for example
 * ``base`` | ``multiscale`` | ``selfatt`` | ``full``: the paper's ablation
   variants of the model (default ``full``);
 * ``alpha=X``: the co-attention loss's α;
+* ``recordings`` (or ``recordings=SOURCE``): train on the real-recordings
+  benchmark (`vreloc_jax.data.recordings`, default source japanese_vowels)
+  instead of the synthetic default; built once and cached;
+* ``frame_similarity``: the extension that lets the predictor read the
+  frame-level similarity to the query (`vreloc_jax.attention.frame_similarity`);
+* ``query_blind``: a control that never reads the query (the predictor sees
+  only the reference's self-attention features): what a model finds without
+  knowing what it is looking for;
 * ``quick``: a tiny run for tests and smoke checks (small synthetic data,
   small batches, a few steps).
 """
@@ -29,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.synthetic_dir = ""  # Cache of the synthetic default; "" = ~/.cache/vreloc_jax/synthetic-…
   data.synthetic_seed = 0  # Seed of the generated synthetic benchmark.
   data.synthetic_scale = 1.0  # Fraction of the real benchmark's entry counts to generate.
+  data.recordings = ""  # With no data.dir: a real-recordings benchmark (e.g. japanese_vowels).
+  data.recordings_seed = 0  # Seed of its class split and reference streams.
   data.pair_seed = 0  # Seed of the fixed evaluation pairs.
   data.query_buckets = (32,)  # Padded query lengths (benchmark segments are 1-32 features).
   data.reference_buckets = (32, 64, 128, 192, 300)  # Padded reference lengths (windows <= 300).
@@ -61,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.max_length = 64  # Full inference: longest segment in steps (64 = 1,024 frames).
   ev.search_form = "benchmark"  # Full inference score: "benchmark" (Feng et al.) or "paper" (eq. 20).
   ev.baselines = ("random", "stat_prior", "frame_level")  # Rows printed beside the model's.
+  ev.select = "best"  # Tested checkpoint: best (val mAP) | latest | min_loss_c (val loss_c).
   return config
 
 
@@ -92,6 +103,12 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.variant = token
     elif token.startswith("alpha="):
       config.loss.alpha = float(token.split("=", 1)[1])
+    elif token == "recordings" or token.startswith("recordings="):
+      config.data.recordings = token.partition("=")[2] or "japanese_vowels"
+    elif token == "frame_similarity":
+      config.model.frame_similarity = True
+    elif token == "query_blind":
+      config.model.query_blind = True
     elif token == "quick":
       config.data.synthetic_scale = 0.04
       config.data.reference_buckets = (64, 300)
@@ -109,6 +126,7 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.model.self_attention_head_dim = 4
     else:
       raise ValueError(f"unknown config argument {token!r}; expected one of "
-                       f"{model.VARIANTS}, alpha=X, quick")
+                       f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, query_blind, "
+                       "quick")
   config.model = model.apply_variant(config.model, config.variant)
   return config

@@ -340,8 +340,9 @@ def test_model_config_defaults():
       "attention_groups": ((8, 1, 1), (8, 3, 1), (8, 3, 2), (8, 3, 3), (8, 3, 4)),
       "head_dim": 32, "attention_relative": True, "use_self_attention": True,
       "self_attention_heads": 2,
-      "self_attention_head_dim": 32, "self_attention_out": 0, "lstm_dim": 128,
-      "dropout_in": 0.4, "dropout_out": 0.2, "dtype": "float32"}
+      "self_attention_head_dim": 32, "self_attention_out": 0, "frame_similarity": False,
+      "query_blind": False, "lstm_dim": 128, "dropout_in": 0.4, "dropout_out": 0.2,
+      "dtype": "float32"}
 
 
 def test_apply_variant():
@@ -382,3 +383,54 @@ def test_default_config_shapes(variant, bilstm_in):
   assert out["logits"].shape == (batch, len_ref, 4)
   assert out["attention"].shape == (batch, len_ref, 40)
   assert all(o.dtype == jnp.float32 for o in out.values())
+
+
+# ----------------------------------------------------------------- frame similarity (extension)
+
+
+def test_frame_similarity_is_the_frame_level_score_standardized_and_padding_invariant():
+  ref_seqs = sequences(11, [7, 3, 1], D)
+  query_seqs = sequences(12, [2, 4, 3], D)
+  ref, ref_mask = batch_variants(ref_seqs, 9, seed=13)
+  query, query_mask = batch_variants(query_seqs, 5, seed=14)
+  out = np.asarray(jax.jit(attention.frame_similarity)(ref, ref_mask, query, query_mask))
+  assert out.shape == (6, 9, 1)
+  np.testing.assert_array_equal(out[~ref_mask], 0.0)
+  assert_padding_invariant(out, ref_mask)
+  for i, (r, q) in enumerate(zip(ref_seqs, query_seqs)):
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    score = (unit(r.astype(np.float64)) @ unit(q.astype(np.float64)).T).mean(axis=1)  # [Lr]
+    spread = score.std()
+    expected = (score - score.mean()) / spread if spread > 1e-6 else np.zeros_like(score)
+    np.testing.assert_allclose(out[i, :len(r), 0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_relocalizer_with_frame_similarity_padding_invariant():
+  model = model_lib.ReLocalizer(tiny_config(frame_similarity=True))
+  ref_seqs, query_seqs, args = _model_batch()
+  params = random_params(lambda: model.init(jax.random.key(0), *args, deterministic=True))
+  bilstm_in = params["params"]["predictor"]["forward"]["cell"]["ii"]["kernel"].shape[0]
+  assert bilstm_in == 4 + 2 * 4 + 1  # heads + h * d_k + the similarity channel
+  apply = jax.jit(lambda p, *a: model.apply(p, *a, deterministic=True))
+  out = apply(params, *args)
+  single = apply(params, query_seqs[1][None], np.ones((1, 2), bool),
+                 ref_seqs[1][None], np.ones((1, 7), bool))
+  assert_padding_invariant(out["logits"], args[3], single["logits"], 1)
+
+
+def test_query_blind_control_never_reads_the_query():
+  model = model_lib.ReLocalizer(tiny_config(query_blind=True, frame_similarity=True))
+  _, _, (query, query_mask, ref, ref_mask) = _model_batch()
+  params = random_params(lambda: model.init(jax.random.key(0), query, query_mask, ref, ref_mask,
+                                            deterministic=True))
+  assert "query_mapping" not in params["params"]
+  assert "multiscale_attention" not in params["params"]
+  apply = jax.jit(lambda p, q, qm: model.apply(p, q, qm, ref, ref_mask, deterministic=True))
+  a = apply(params, query, query_mask)
+  b = apply(params, np.ones_like(query) * 7.0, np.ones_like(query_mask))
+  np.testing.assert_array_equal(np.asarray(a["logits"]), np.asarray(b["logits"]))
+  assert a["attention"].shape == (*ref.shape[:2], 0)
+  assert_padding_invariant(a["logits"], ref_mask)
+  with pytest.raises(ValueError, match="query_blind needs model.use_self_attention"):
+    model_lib.ReLocalizer(tiny_config(query_blind=True, use_self_attention=False)).init(
+        jax.random.key(0), query, query_mask, ref, ref_mask, deterministic=True)

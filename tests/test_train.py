@@ -54,6 +54,7 @@ def _params(workdir: str, config) -> dict[str, np.ndarray]:
 
 def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
   config = tiny_config("weak", data_dir)
+  config.eval.select = "min_loss_c"  # Tested without annotations; "best" reported beside it.
   before = dict(train.TRACE_COUNTS)
   straight = str(tmp_path / "straight")
   results = train.train_and_evaluate(config, straight)
@@ -65,7 +66,13 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
   assert set(json.load(open(os.path.join(straight, "results", "test.json")))) >= {
       "split", "num_pairs", "mAP", "mAP_avg"}
   assert os.path.isfile(os.path.join(straight, "results", "test.predictions.json"))
+  best = json.load(open(os.path.join(straight, "results", "test_best.json")))
+  assert best["selection"] == "best" and results["selection"] == "min_loss_c"
   records = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
+  val = {r["step"]: r for r in records if "val_mAP_avg" in r}
+  assert results["checkpoint_step"] == min(val, key=lambda k: (val[k]["val_loss_c"], k))
+  top = max(r["val_mAP_avg"] for r in val.values())
+  assert val[best["checkpoint_step"]]["val_mAP_avg"] == top
   assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
   assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
   assert [r["step"] for r in records if "val_mAP_avg" in r] == [2, 4]
@@ -93,8 +100,9 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"different run.*loss\.alpha \(0\.3 -> 0\.5\)"):
     train.train_and_evaluate(other, resumed)
 
-  # Evaluating the best checkpoint later gives exactly the end-of-training results.
-  again = evaluate.evaluate_checkpoint(straight, "best", "test", str(tmp_path / "again.json"))
+  # Evaluating the selected checkpoint later gives exactly the end-of-training results.
+  again = evaluate.evaluate_checkpoint(straight, "min_loss_c", "test",
+                                       str(tmp_path / "again.json"))
   assert again["mAP"] == results["mAP"] and again["mAP_avg"] == results["mAP_avg"]
   assert again["checkpoint_step"] == results["checkpoint_step"]
   with pytest.raises(ValueError, match="no checkpoint for step 3"):

@@ -10,6 +10,9 @@ content or the amount of padding; outputs at padded steps are zero):
 * `SelfAttention` (eqs. 1-3): multi-head scaled dot-product self-attention over
   the (valid) reference frames, heads concatenated.
 
+and one parameter-free score that is not in the paper, `frame_similarity`: the
+frame-level baseline's per-step similarity to the query, as an input channel.
+
 Masks are bool arrays with True at valid (unpadded) steps.
 """
 
@@ -230,3 +233,43 @@ class SelfAttention(nn.Module):
     if self.out_features > 0:
       out = nn.Dense(self.out_features, dtype=self.dtype, name="output")(out)
     return mask_steps(out, mask)
+
+
+def frame_similarity(reference: jax.Array, reference_mask: jax.Array, query: jax.Array,
+                     query_mask: jax.Array, epsilon: float = 1e-6) -> jax.Array:
+  """The frame-level baseline's score of each reference step, standardized per reference.
+
+  Not in the paper (an extension, `model_config().frame_similarity`): the mean over
+  the valid query frames of the cosine similarity between a reference frame and a
+  query frame, computed on the input features, then standardized over the valid
+  steps of its reference (zero mean, unit variance). The frame-level baseline picks
+  the window with the highest mean of this score, so the standardization loses
+  nothing it uses; it makes the channel's scale the same for every reference.
+
+  Args:
+    reference: [batch, len_ref, D] input reference features.
+    reference_mask: bool[batch, len_ref].
+    query: [batch, len_query, D] input query features.
+    query_mask: bool[batch, len_query].
+    epsilon: floor of the norms and of the standard deviation.
+
+  Returns:
+    float32[batch, len_ref, 1]; 0 at padded steps (and for a reference whose valid
+    steps all score the same).
+  """
+  check_sequence("reference", reference, reference_mask)
+  check_sequence("query", query, query_mask)
+
+  def unit(x: jax.Array, mask: jax.Array) -> jax.Array:
+    x = mask_steps(x.astype(jnp.float32), mask)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), epsilon)
+
+  query_count = jnp.maximum(query_mask.sum(axis=1), 1).astype(jnp.float32)  # [B]
+  mean_query = unit(query, query_mask).sum(axis=1) / query_count[:, None]  # [B, D]
+  score = jnp.einsum("brd,bd->br", unit(reference, reference_mask), mean_query)  # [B, Lr]
+  valid = reference_mask.astype(jnp.float32)  # [B, Lr]
+  count = jnp.maximum(valid.sum(axis=1, keepdims=True), 1.0)  # [B, 1]
+  mean = (score * valid).sum(axis=1, keepdims=True) / count
+  var = (((score - mean) * valid) ** 2).sum(axis=1, keepdims=True) / count
+  standardized = (score - mean) / jnp.maximum(jnp.sqrt(var), epsilon)  # [B, Lr]
+  return mask_steps(standardized[..., None], reference_mask)

@@ -1,8 +1,9 @@
 """Orbax checkpoints of the training state in ``WORKDIR/checkpoints``.
 
 One `CheckpointManager` keeps the latest ``keep`` checkpoints and, beside
-them, the best one by val ``mAP_avg`` (each checkpoint is saved with its val
-metrics). A state restores onto any mesh: the restore target carries the
+them, the best one by val ``mAP_avg`` (selected with the val annotations) and
+the one with the lowest val co-attention loss of its predictions (selected
+without annotations); each checkpoint is saved with its val metrics. A state restores onto any mesh: the restore target carries the
 shardings of the current devices, whatever the number of devices at saving.
 """
 
@@ -15,10 +16,21 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 BEST_METRIC = "val_mAP_avg"
+LOSS_METRIC = "val_loss_c"
+# How a run's result checkpoint can be chosen (``eval.select``, ``--checkpoint``):
+SELECTIONS = {
+    "best": "the highest val mAP_avg (reads the val annotations)",
+    "latest": "the last step saved (no annotation)",
+    "min_loss_c": "the lowest val co-attention loss of the predictions (no annotation)",
+}
 
 
 def _best_metric(metrics: Any) -> float:
   return float(metrics[BEST_METRIC])
+
+
+def _negative_loss(metrics: Any) -> float:
+  return -float(metrics[LOSS_METRIC])
 
 
 def manager(workdir: str, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
@@ -26,6 +38,8 @@ def manager(workdir: str, keep: int = 2, read_only: bool = False) -> ocp.Checkpo
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(n=keep),
       pp.BestN(get_metric_fn=_best_metric, reverse=False, n=1,
+               keep_checkpoints_without_metrics=False),
+      pp.BestN(get_metric_fn=_negative_loss, reverse=False, n=1,
                keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(
@@ -42,8 +56,18 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, metrics: dict[str, f
   mgr.wait_until_finished()
 
 
+def _min_loss_step(mgr: ocp.CheckpointManager) -> int | None:
+  """The saved step with the lowest val loss_c (the earliest on ties), or None."""
+  losses = {}
+  for step in mgr.all_steps():
+    saved = mgr.metrics(step) or {}
+    if LOSS_METRIC in saved:
+      losses[step] = float(saved[LOSS_METRIC])
+  return min(losses, key=lambda k: (losses[k], k)) if losses else None
+
+
 def resolve_step(mgr: ocp.CheckpointManager, which: str | int) -> int:
-  """The step of ``"best"``, ``"latest"`` or an explicit step.
+  """The step of a selection (`SELECTIONS`: best, latest, min_loss_c) or an explicit step.
 
   Raises:
     ValueError: no such checkpoint (the message lists the saved steps).
@@ -55,11 +79,17 @@ def resolve_step(mgr: ocp.CheckpointManager, which: str | int) -> int:
     step = mgr.best_step()
   elif which == "latest":
     step = mgr.latest_step()
+  elif which == "min_loss_c":
+    step = _min_loss_step(mgr)
   else:
     try:
       step = int(which)
     except (TypeError, ValueError):
-      raise ValueError(f"checkpoint must be 'best', 'latest' or a step, got {which!r}") from None
+      raise ValueError(f"checkpoint must be one of {sorted(SELECTIONS)} or a step, "
+                       f"got {which!r}") from None
+  if step is None:
+    raise ValueError(f"no checkpoint in {mgr.directory} has the metric that '{which}' "
+                     "selects by (saved by an older version?); use 'best', 'latest' or a step")
   if step not in steps:
     raise ValueError(f"no checkpoint for step {step} in {mgr.directory}; saved steps: {steps}")
   return int(step)

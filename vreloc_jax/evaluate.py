@@ -2,7 +2,8 @@
 
   python -m vreloc_jax.evaluate --workdir=W --checkpoint=best --split=test
 
-``--checkpoint`` is ``best`` (by val mAP_avg), ``latest`` or a step number.
+``--checkpoint`` is ``best`` (by val mAP_avg), ``latest``, ``min_loss_c`` (the
+lowest val co-attention loss: chosen without annotations) or a step number.
 Writes ``W/results/<split>_step<k>.json`` and its predictions file (or
 ``--output``) and prints the table row. Works on any number of devices.
 """
@@ -26,7 +27,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Command-line flags; defined only when run as a program (the module is importable)."""
   flags.DEFINE_string("workdir", None, "A work directory written by vreloc_jax.main.")
-  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  flags.DEFINE_string("checkpoint", "best", "'best', 'latest', 'min_loss_c' or a step number.")
   flags.DEFINE_enum("split", "test", ["val", "test"], "Split to evaluate on.")
   flags.DEFINE_string("output", None, "Results file (default W/results/<split>_step<k>.json).")
   flags.mark_flags_as_required(["workdir"])
@@ -44,7 +45,8 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
   state = checkpoints.restore(manager, step, runner.abstract_state())
   output = output or os.path.join(workdir, "results", f"{split}_step{step}.json")
   results = train.evaluate(runner, state["params"], bench, split, output,
-                           {"checkpoint_step": step, "config": config.supervision,
+                           {"checkpoint_step": step, "selection": str(checkpoint),
+                            "config": config.supervision,
                             "variant": config.variant, "inference": config.eval.inference})
   manager.close()
   return results

@@ -4,7 +4,8 @@
       -> FeatureMapping (separate weights for each)        H^q [B, Lq, d_h], H^r [B, Lr, d_h]
       -> MultiscaleAttention(H^r, H^q)                      H^matt [B, Lr, heads]
       -> SelfAttention(H^r) (optional)                      H^satt [B, Lr, h * d_k]
-      -> LocalizationPredictor(concat(H^matt, H^satt))      logits [B, Lr, 4]
+      -> frame_similarity(R, Q) (optional, not in the paper) S [B, Lr, 1]
+      -> LocalizationPredictor(concat(H^matt, H^satt, S))   logits [B, Lr, 4]
 
 Channels of the logits: (start, end, inside, outside). Every module is
 padding-invariant: outputs at valid steps do not depend on padding content or on how
@@ -24,6 +25,7 @@ import ml_collections
 from vreloc_jax.attention import MultiscaleAttention
 from vreloc_jax.attention import SelfAttention
 from vreloc_jax.attention import check_sequence
+from vreloc_jax.attention import frame_similarity
 from vreloc_jax.attention import mask_steps
 from vreloc_jax.attention import normalize_groups
 
@@ -52,6 +54,9 @@ def model_config() -> ml_collections.ConfigDict:
   cfg.self_attention_heads = 2  # h of the self-attention (eq. 1).
   cfg.self_attention_head_dim = 32  # d_k of the self-attention (eq. 3).
   cfg.self_attention_out = 0  # 0: H^satt = concat of heads, h*d_k (eq. 9); >0: out projection.
+  cfg.frame_similarity = False  # Extension, not in the paper: the predictor also reads the
+  # frame-level baseline's per-step query similarity of the input features (see README).
+  cfg.query_blind = False  # A control: the query is not read (no H^matt); only H^satt is.
   cfg.lstm_dim = 128  # Per BiLSTM direction (d_h, eq. 10) and 2nd LSTM (d_l, eq. 12).
   cfg.dropout_in = 0.4  # Dropout before the BiLSTM.
   cfg.dropout_out = 0.2  # Dropout after the BiLSTM.
@@ -200,7 +205,8 @@ class ReLocalizer(nn.Module):
         'logits' [batch, len_ref, 4] (start, end, inside, outside); 0 at padded steps,
         'log_probs' [batch, len_ref, 4] log-softmax of the logits,
         'probs' [batch, len_ref, 4] softmax of the logits (0.25 each at padded steps),
-        'attention' [batch, len_ref, heads] H^matt; 0 at padded steps.
+        'attention' [batch, len_ref, heads] H^matt; 0 at padded steps (no heads
+          when `query_blind`).
     """
     cfg = self.config.model if "model" in self.config else self.config
     dtype = _dtype(cfg.dtype)
@@ -213,20 +219,31 @@ class ReLocalizer(nn.Module):
     query_mask = query_mask.astype(bool)
     reference_mask = reference_mask.astype(bool)
 
-    h_query = FeatureMapping(cfg.hidden_dim, cfg.map_kernel_size, dtype=dtype,
-                             name="query_mapping")(query, query_mask)  # [B, Lq, d_h]
+    query_blind = cfg.get("query_blind", False)
+    if query_blind and not cfg.use_self_attention:
+      raise ValueError("model.query_blind needs model.use_self_attention: without the query "
+                       "the predictor reads only H^satt")
     h_ref = FeatureMapping(cfg.hidden_dim, cfg.map_kernel_size, dtype=dtype,
                            name="reference_mapping")(reference, reference_mask)  # [B, Lr, d_h]
-    multiscale = MultiscaleAttention(normalize_groups(cfg.attention_groups), cfg.head_dim,
-                                     relative=cfg.get("attention_relative", True), dtype=dtype,
-                                     name="multiscale_attention")
-    attention = multiscale(h_ref, reference_mask, h_query, query_mask)  # [B, Lr, heads]
-    features = [attention.astype(dtype)]
+    features = []
+    if query_blind:  # A control, not the paper's model: nothing of the query is read.
+      attention = jnp.zeros((*reference.shape[:2], 0), jnp.float32)  # [B, Lr, 0]
+    else:
+      h_query = FeatureMapping(cfg.hidden_dim, cfg.map_kernel_size, dtype=dtype,
+                               name="query_mapping")(query, query_mask)  # [B, Lq, d_h]
+      multiscale = MultiscaleAttention(normalize_groups(cfg.attention_groups), cfg.head_dim,
+                                       relative=cfg.get("attention_relative", True), dtype=dtype,
+                                       name="multiscale_attention")
+      attention = multiscale(h_ref, reference_mask, h_query, query_mask)  # [B, Lr, heads]
+      features.append(attention.astype(dtype))
     if cfg.use_self_attention:
       features.append(SelfAttention(cfg.self_attention_heads, cfg.self_attention_head_dim,
                                     cfg.self_attention_out, dtype=dtype,
                                     name="self_attention")(h_ref, reference_mask))  # [B, Lr, h*d_k]
-    x = jnp.concatenate(features, axis=-1)  # [B, Lr, heads (+ h*d_k)]
+    if cfg.get("frame_similarity", False) and not query_blind:
+      features.append(frame_similarity(reference, reference_mask, query,
+                                       query_mask).astype(dtype))  # [B, Lr, 1]
+    x = jnp.concatenate(features, axis=-1)  # [B, Lr, heads (+ h*d_k) (+ 1)]
     logits = LocalizationPredictor(cfg.lstm_dim, cfg.dropout_in, cfg.dropout_out,
                                    dtype=dtype, name="predictor")(
                                        x, reference_mask, deterministic=deterministic)

@@ -65,29 +65,52 @@ class Benchmark:
     return int(self.store.feature_dim)
 
 
+def cache_root() -> str:
+  """Where generated benchmarks are cached: $VRELOC_CACHE or ~/.cache/vreloc_jax."""
+  return os.environ.get("VRELOC_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vreloc_jax")
+
+
 def synthetic_dir(config: ml_collections.ConfigDict) -> str:
   """Where the synthetic default benchmark of a config is cached."""
   if config.data.synthetic_dir:
     return config.data.synthetic_dir
   from vreloc_jax.data import synthetic  # Imported lazily: only the default needs it.
-  cache = os.environ.get("VRELOC_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vreloc_jax")
-  return os.path.join(cache, f"synthetic-v{synthetic.VERSION}-seed{config.data.synthetic_seed}"
-                      f"-scale{config.data.synthetic_scale:g}")
+  return os.path.join(cache_root(), f"synthetic-v{synthetic.VERSION}-seed"
+                      f"{config.data.synthetic_seed}-scale{config.data.synthetic_scale:g}")
+
+
+def recordings_dir(config: ml_collections.ConfigDict) -> str:
+  """Where the real-recordings benchmark of a config is cached."""
+  from vreloc_jax.data import recordings  # Imported lazily: only this benchmark needs it.
+  return os.path.join(cache_root(), f"recordings-{config.data.recordings}-v{recordings.VERSION}"
+                      f"-seed{config.data.recordings_seed}")
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
-  """The benchmark directory: ``config.data.dir``, or the synthetic default (generated once)."""
+  """The benchmark directory: ``config.data.dir``, else a generated one (built once, cached).
+
+  Generated: the real-recordings benchmark ``config.data.recordings`` when set,
+  else the synthetic default.
+  """
   if config.data.dir:
     return config.data.dir
-  from vreloc_jax.data import synthetic  # Imported lazily: only the default needs it.
-  out = synthetic_dir(config)
+  if config.data.get("recordings"):
+    from vreloc_jax.data import recordings  # Imported lazily: only this benchmark needs it.
+    out = recordings_dir(config)
+    build = functools.partial(recordings.build, out, source=config.data.recordings,
+                              seed=config.data.recordings_seed)
+  else:
+    from vreloc_jax.data import synthetic  # Imported lazily: only the default needs it.
+    out = synthetic_dir(config)
+    build = functools.partial(synthetic.generate, out, seed=config.data.synthetic_seed,
+                              scale=config.data.synthetic_scale)
   if jax.process_index() == 0:  # A cache hit (same generator version and settings) is instant.
-    logging.info("Synthetic benchmark: %s (generated once, then cached).", out)
-    synthetic.generate(out, seed=config.data.synthetic_seed, scale=config.data.synthetic_scale)
+    logging.info("Generated benchmark: %s (built once, then cached).", out)
+    build()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("synthetic benchmark ready")
+    multihost_utils.sync_global_devices("generated benchmark ready")
   return out
 
 
@@ -205,12 +228,24 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
-              config: ml_collections.ConfigDict) -> jax.Array:
-  """Predicted segments ``[s, e)`` of a global batch, int32 [batch, 2]."""
+              config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Predictions of a global batch, and how well each separates the query's action.
+
+  Returns:
+    ``segments``: the predicted ``[s, e)``, int32 [batch, 2];
+    ``loss_c``: the co-attention loss of each example with the action and
+    background masks of its predicted segment (the criterion weak training
+    minimizes once masks are on; it reads no annotation), float32 [batch].
+  """
   TRACE_COUNTS["eval_step"] += 1
   out = model.apply({"params": params}, batch["query"], batch["query_mask"], batch["reference"],
                     batch["reference_mask"], deterministic=True)
-  return predict_segments(out, batch["reference_length"], config)
+  predicted = predict_segments(out, batch["reference_length"], config)  # [batch, 2]
+  loss_c = losses.coattention_per_example(
+      batch["query"], batch["query_mask"], batch["reference"], batch["reference_mask"],
+      out["probs"], config.loss.alpha,
+      action_mask=losses.segment_mask(predicted, batch["reference_mask"].shape[1]))  # [batch]
+  return {"segments": predicted, "loss_c": loss_c}
 
 
 class Runner:
@@ -239,28 +274,37 @@ class Runner:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                         shapes)
 
-  def predict(self, params: Any, pairs: list[pairs_lib.Pair], store: FeatureStore) -> np.ndarray:
-    """Predicted ``[s, e)`` for every pair, int [num_pairs, 2]."""
+  def predict(self, params: Any, pairs: list[pairs_lib.Pair], store: FeatureStore
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted ``[s, e)`` for every pair, int [num_pairs, 2], and each one's `loss_c`."""
     config = self.config
     sharding.check_batch_size(config.eval.batch_size, self.mesh)
     predicted = np.zeros((len(pairs), 2), np.int64)
+    loss_c = np.zeros((len(pairs),), np.float64)
     for indices, local in batching.eval_batches(
         pairs, store, config.eval.batch_size, config.data.query_buckets,
         config.data.reference_buckets, jax.process_index(), jax.process_count()):
-      out = np.asarray(self.eval_step(params, sharding.to_global(local, self.mesh)))
+      out = self.eval_step(params, sharding.to_global(local, self.mesh))
       real = indices >= 0
-      predicted[indices[real]] = out[real]
-    return predicted
+      predicted[indices[real]] = np.asarray(out["segments"])[real]
+      loss_c[indices[real]] = np.asarray(out["loss_c"])[real]
+    return predicted, loss_c
 
 
 def evaluate(runner: Runner, params: Any, bench: Benchmark, split: str,
              results_path: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Scores a model on a split's fixed pairs; process 0 writes the files."""
-  predicted = runner.predict(params, bench.pairs[split], bench.store)
+  """Scores a model on a split's fixed pairs; process 0 writes the files.
+
+  The results hold, besides the mAPs, ``loss_c``: the mean co-attention loss of
+  the predictions (`eval_step`), an annotation-free measure of their quality.
+  """
+  predicted, loss_c = runner.predict(params, bench.pairs[split], bench.store)
   if jax.process_index() != 0:
     results_path = None
-  return metrics.evaluate_predictions(split, bench.pairs[split], predicted, results_path,
-                                      extra={"pair_file": bench.pair_files[split], **(extra or {})})
+  return metrics.evaluate_predictions(
+      split, bench.pairs[split], predicted, results_path,
+      extra={"pair_file": bench.pair_files[split], "loss_c": float(loss_c.mean()),
+             **(extra or {})})
 
 
 def make_train_batches(config: ml_collections.ConfigDict, bench: Benchmark
@@ -325,7 +369,7 @@ def _check_finite(step: int, values: dict[str, Any]) -> dict[str, float]:
 
 # Fields a rerun may change and still resume the same run (length, logging, evaluation).
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every",
-                    "train.keep_checkpoints", "eval.batch_size", "eval.baselines")
+                    "train.keep_checkpoints", "eval.batch_size", "eval.baselines", "eval.select")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -381,15 +425,18 @@ def baseline_rows(config: ml_collections.ConfigDict, bench: Benchmark, split: st
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from the latest checkpoint), then evaluates the best on test.
+  """Trains (resuming from the latest checkpoint), then evaluates on test.
 
   Returns:
-    The test results of the best checkpoint (by val mAP_avg).
+    The test results of the checkpoint ``config.eval.select`` chooses.
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh)
+  if config.eval.select not in checkpoints.SELECTIONS:
+    raise ValueError(f"eval.select must be one of {sorted(checkpoints.SELECTIONS)}, "
+                     f"got {config.eval.select!r}")
   bench = load_benchmark(config)
   save_config(config, workdir, bench.data_dir)
   logging.info("Data: %s (features %s, dim %d); %s; %d devices, %d processes.", bench.data_dir,
@@ -435,25 +482,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _check_finite(*pending)
       val = evaluate(runner, state["params"], bench, "val",
                      os.path.join(workdir, "results", f"val_step{step}.json"), {"step": step})
-      logging.info("step %d  val mAP_avg %.2f", step, val["mAP_avg"])
-      writer.write({"step": step, "val_mAP_avg": val["mAP_avg"],
+      logging.info("step %d  val mAP_avg %.2f  val loss_c %.4f", step, val["mAP_avg"],
+                   val["loss_c"])
+      writer.write({"step": step, "val_mAP_avg": val["mAP_avg"], "val_loss_c": val["loss_c"],
                     **{f"val_mAP@{k}": v for k, v in val["mAP"].items()}})
-      checkpoints.save(manager, step, state, {"val_mAP_avg": val["mAP_avg"]})
+      checkpoints.save(manager, step, state, {checkpoints.BEST_METRIC: val["mAP_avg"],
+                                              checkpoints.LOSS_METRIC: val["loss_c"]})
   if pending is not None:
     _check_finite(*pending)
   manager.wait_until_finished()
 
-  best_step = checkpoints.resolve_step(manager, "best")
-  best = checkpoints.restore(manager, best_step, runner.abstract_state())
-  test = evaluate(runner, best["params"], bench, "test",
-                  os.path.join(workdir, "results", "test.json"),
-                  {"checkpoint_step": best_step, "config": config.supervision,
-                   "variant": config.variant, "inference": config.eval.inference})
-  rows = baseline_rows(config, bench, "test")
+  rows = {}
+  test = None
+  # The configured selection gives the run's result (results/test.json); when it is not
+  # the annotation-selected "best", that one is reported beside it, labelled.
+  for which in dict.fromkeys((config.eval.select, "best")):
+    step = checkpoints.resolve_step(manager, which)
+    state = checkpoints.restore(manager, step, runner.abstract_state())
+    name = "test.json" if which == config.eval.select else f"test_{which}.json"
+    results = evaluate(runner, state["params"], bench, "test",
+                       os.path.join(workdir, "results", name),
+                       {"checkpoint_step": step, "selection": which, "config": config.supervision,
+                        "variant": config.variant, "inference": config.eval.inference})
+    test = test or results
+    rows[f"ours ({config.supervision}, {config.variant}, {which}: step {step})"] = results
+  baselines = baseline_rows(config, bench, "test")
   if jax.process_index() == 0:
-    metrics.atomic_write_json(os.path.join(workdir, "results", "baselines_test.json"), rows)
-  rows[f"ours ({config.supervision}, {config.variant}, step {best_step})"] = test
-  table = metrics.format_table(rows, title=f"test split, {len(bench.pairs['test'])} pairs "
+    metrics.atomic_write_json(os.path.join(workdir, "results", "baselines_test.json"), baselines)
+  table = metrics.format_table({**baselines, **rows},
+                               title=f"test split, {len(bench.pairs['test'])} pairs "
                                f"({bench.data_dir})")
   if jax.process_index() == 0:
     print(table, flush=True)

@@ -78,14 +78,14 @@ import math
 import os
 import shutil
 import string
-import tempfile
-import time
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 import h5py
 import numpy as np
+
+from vreloc_jax.data import directory
 
 VERSION = 3
 FEATURE_DIM = 500
@@ -562,25 +562,11 @@ def hdf5_rows(features: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _dump_json(path: str, obj: Any, **kwargs) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(obj, f, **kwargs)
-
-
 def _manifest(seed: int, scale: float, params: FeatureParams, splits_from: str | None) -> dict:
   return {"generator": "vreloc_jax.data.synthetic", "version": VERSION, "seed": seed,
           "scale": scale, "splits_from": os.path.abspath(splits_from) if splits_from else None,
           "feature_dim": FEATURE_DIM, "features": HDF5_NAME, "feature_dtype": "float16",
           "params": dataclasses.asdict(params)}
-
-
-def _same_manifest(path: str, manifest: dict) -> bool:
-  try:
-    with open(path, "r", encoding="utf-8") as f:
-      found = json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return False
-  return {k: found.get(k) for k in manifest} == json.loads(json.dumps(manifest))
 
 
 def _write_features(path: str, videos: Sequence[_Video], world: World, params: FeatureParams,
@@ -695,38 +681,20 @@ def generate(out_dir: str, seed: int = 0, scale: float = 1.0, splits_from: str |
     ValueError: ``out_dir`` holds something else (and not ``overwrite``), or
       the inputs are invalid.
   """
-  start_time = time.time()
-  out_dir = os.path.abspath(os.fspath(out_dir))
   manifest = _manifest(seed, scale if splits_from is None else 1.0, params, splits_from)
-  manifest_path = os.path.join(out_dir, MANIFEST_NAME)
-  if os.path.isdir(out_dir) and os.listdir(out_dir):
-    if _same_manifest(manifest_path, manifest):
-      with open(manifest_path, "r", encoding="utf-8") as f:
-        return {**json.load(f), "cached": True, "seconds": time.time() - start_time}
-    if not overwrite:
-      raise ValueError(f"{out_dir} already holds something other than this synthetic dataset "
-                       f"(seed {seed}, scale {scale}); choose another --out or pass overwrite")
-  elif os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise ValueError(f"{out_dir} exists and is not a directory")
-
   if splits_from is not None:
     for name in (*[f"{s}.json" for s in SPLITS], "length.json"):
       if not os.path.isfile(os.path.join(splits_from, name)):
         raise ValueError(f"--splits_from {splits_from}: {name} is missing")
-    videos, info = _layout_from_splits(splits_from, seed, params)
-    num_classes = info["num_classes"]
-  else:
-    videos, info = _layout(seed, scale, params)
-    num_classes = sum(len(v) for v in CLASS_ENTRY_COUNTS.values())
-  world = make_world(seed, num_classes, params)
 
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the dataset private.
-  try:
+  def fill(tmp: str) -> dict[str, Any]:
+    if splits_from is not None:
+      videos, info = _layout_from_splits(splits_from, seed, params)
+      num_classes = info["num_classes"]
+    else:
+      videos, info = _layout(seed, scale, params)
+      num_classes = sum(len(v) for v in CLASS_ENTRY_COUNTS.values())
+    world = make_world(seed, num_classes, params)
     summary_splits = {}
     if splits_from is not None:
       for name in (*[f"{s}.json" for s in SPLITS], "length.json"):
@@ -741,39 +709,20 @@ def generate(out_dir: str, seed: int = 0, scale: float = 1.0, splits_from: str |
       lengths = {}
       for split in SPLITS:
         rows = _split_rows(videos, split)
-        _dump_json(os.path.join(tmp, f"{split}.json"), rows)
+        directory.dump_json(os.path.join(tmp, f"{split}.json"), rows)
         summary_splits[split] = {"entries": len(rows),
                                  "videos": sum(v.split == split for v in videos),
                                  "classes": len(info["labels"][split])}
       for v in videos:
         lengths[v.video_id] = {"n_feat": v.n_feat, "n_frames": _n_frames(v.n_feat, rng)}
-      _dump_json(os.path.join(tmp, "length.json"), lengths)
+      directory.dump_json(os.path.join(tmp, "length.json"), lengths)
     n_features = _write_features(os.path.join(tmp, HDF5_NAME), videos, world, params, seed)
-    _dump_json(os.path.join(tmp, MANIFEST_NAME), manifest, indent=1)
-    if os.path.isdir(out_dir):
-      if os.listdir(out_dir):  # overwrite=True: move the old dataset aside, then delete it.
-        old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-")
-        os.rename(out_dir, os.path.join(old, "d"))
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-      else:
-        os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-    else:
-      os.rename(tmp, out_dir)
-  except OSError:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if _same_manifest(manifest_path, manifest):  # Another process finished it first.
-      with open(manifest_path, "r", encoding="utf-8") as f:
-        return {**json.load(f), "cached": True, "seconds": time.time() - start_time}
-    raise
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return {**manifest, "cached": False, "splits": summary_splits, "num_videos": len(videos),
-          "num_features": n_features,
-          "feature_file_bytes": os.path.getsize(os.path.join(out_dir, HDF5_NAME)),
-          "seconds": time.time() - start_time}
+    return {"splits": summary_splits, "num_videos": len(videos), "num_features": n_features,
+            "feature_file_bytes": os.path.getsize(os.path.join(tmp, HDF5_NAME))}
+
+  return directory.build_directory(out_dir, manifest, MANIFEST_NAME, fill,
+                                   f"this synthetic dataset (seed {seed}, scale {scale})",
+                                   overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------
