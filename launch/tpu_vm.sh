@@ -1,17 +1,44 @@
 #!/usr/bin/env bash
-# Data-parallel training on a Cloud TPU VM slice: the same command on every worker.
-# jax.distributed.initialize() discovers the slice's workers by itself.
+# Data-parallel training on a Cloud TPU VM slice: the same command on every worker, one
+# process per worker driving all of its TPU chips.
 #
-#   launch/tpu_vm.sh TPU_NAME ZONE configs/weak.py gs://bucket/runs/weak --config.data.dir=/data/anet_reloc
+# Run from any machine with gcloud configured for the TPU's project:
 #
-# The repository and the data must be present on every worker at the same path (the work
-# directory on shared storage, e.g. a GCS bucket mounted with gcsfuse, or a shared filesystem).
+#   launch/tpu_vm.sh TPU_NAME ZONE configs/weak.py /mnt/shared/runs/weak \
+#     --config.data.dir=/mnt/shared/anet_reloc
+#
+# What it expects:
+#   - on every worker, this repository at ~/vreloc_jax (or at the path, relative to the remote
+#     home directory, in VRELOC_REMOTE_DIR) with its .venv holding jax[tpu];
+#   - the data and WORKDIR at the same path on every worker, on storage they all share (a
+#     shared filesystem such as Filestore, or a bucket mounted with gcsfuse);
+#   - bash as the workers' login shell (the default on TPU VM images): arguments are quoted
+#     for it with printf %q, so paths and flags with spaces or quotes arrive unchanged.
+#
+# How the workers find each other: nothing is set here. On each worker,
+# vreloc_jax.sharding.initialize_distributed() asks the VM's metadata server how many workers
+# the slice has (where jax.distributed.initialize() itself looks on a TPU VM); with more than
+# one it calls jax.distributed.initialize(), which reads the worker list and this worker's
+# number from the same place. On a single-worker TPU VM it joins nothing.
+#
+# Preemption: this script does not restart anything. A run that stops on SIGTERM after saving
+# a checkpoint exits with status 75 (PREEMPTED_EXIT_CODE in vreloc_jax/sharding.py); when the
+# slice is back (Spot and preemptible TPU VMs must be recreated, e.g. by a queued resource),
+# run the same command again and training resumes from the checkpoint in WORKDIR. The run
+# lasts as long as this ssh session: start it from a machine that stays up (e.g. in tmux).
 set -euo pipefail
-TPU=${1:?usage: launch/tpu_vm.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]}
-ZONE=${2:?zone}
-CONFIG=${3:?config}
-WORKDIR=${4:?workdir}
+usage="usage: launch/tpu_vm.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]"
+TPU=${1:?$usage}
+ZONE=${2:?$usage}
+CONFIG=${3:?$usage}
+WORKDIR=${4:?$usage}
 shift 4
-gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="
-  cd ~/vreloc_jax && . .venv/bin/activate &&
-  TPU_WORKER_HOSTNAMES=\${TPU_WORKER_HOSTNAMES:-set} python -m vreloc_jax.main --config=$CONFIG --workdir=$WORKDIR $*"
+REMOTE_DIR=${VRELOC_REMOTE_DIR:-vreloc_jax}
+
+# The remote command, every piece quoted for the remote shell. The ssh session starts in the
+# remote home directory, so REMOTE_DIR is relative to it.
+printf -v remote 'cd %q && . .venv/bin/activate && exec python -m vreloc_jax.main' "$REMOTE_DIR"
+printf -v args ' %q' "--config=$CONFIG" "--workdir=$WORKDIR" "$@"
+remote+=$args
+
+exec gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="$remote"

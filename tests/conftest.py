@@ -164,3 +164,12 @@ def feature_writer() -> Callable[..., str]:
 def layout(request) -> str:
   """Runs a test once per feature layout."""
   return request.param
+
+
+@pytest.fixture(scope="session")
+def vowels(tmp_path_factory) -> str:
+  """The real-recordings benchmark (Japanese Vowels), built once per test session (seconds)."""
+  from vreloc_jax.data import recordings  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("recordings") / "jv")
+  assert not recordings.build(out)["cached"]
+  return out

@@ -16,14 +16,6 @@ from vreloc_jax.data import recordings
 from vreloc_jax.data import splits as splits_lib
 
 
-@pytest.fixture(scope="session")
-def vowels(tmp_path_factory) -> str:
-  """The Japanese Vowels benchmark, built once per test session (seconds)."""
-  out = str(tmp_path_factory.mktemp("recordings") / "jv")
-  assert not recordings.build(out)["cached"]
-  return out
-
-
 def _entries(root: str) -> dict[str, list[splits_lib.Entry]]:
   return {s: splits_lib.load_split(splits_lib.split_path(root, s)) for s in splits_lib.SPLITS}
 

@@ -55,8 +55,8 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  sharding.start_process()
   try:
+    sharding.start_process()
     results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output)
   except ValueError as e:
     raise SystemExit(f"vreloc_jax.evaluate: error: {e}") from None

@@ -26,10 +26,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  sharding.start_process()
-  logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
-               jax.local_devices())
   try:
+    sharding.start_process()
+    logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
+                 jax.local_devices())
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ValueError, FloatingPointError) as e:  # Bad input or a diverged run: say what, no traceback.
     raise SystemExit(f"vreloc_jax.main: error: {e}") from None
