@@ -11,6 +11,8 @@ Config arguments (after the file name, comma-separated), for example
   instead of the synthetic default; built once and cached;
 * ``frame_similarity``: the extension that lets the predictor read the
   frame-level similarity to the query (`vreloc_jax.attention.frame_similarity`);
+* ``query_length``: the extension's inference rule (and co-attention masks):
+  the query-long window of highest p_inside (`segments.search_query_length`);
 * ``query_blind``: a control that never reads the query (the predictor sees
   only the reference's self-attention features): what a model finds without
   knowing what it is looking for;
@@ -63,11 +65,13 @@ def get_config() -> ml_collections.ConfigDict:
   train.grad_clip_norm = 5.0  # Global-norm gradient clipping (the benchmark authors' value).
   train.log_every = 10  # Steps between progress lines / metrics records.
   train.eval_every = 100  # Steps between val evaluations; a checkpoint is saved at each.
+  train.checkpoint_every = 50  # Steps between checkpoints; evaluations and the last step save too.
   train.keep_checkpoints = 2  # Latest checkpoints kept (the best by val mAP_avg is kept too).
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 128  # Global evaluation batch.
-  ev.inference = "weak"  # "weak": longest run above mean p_inside; "full": start/end search.
+  ev.inference = "weak"  # weak: longest run above mean p_inside | full: start/end search |
+  # query_length: query-long window of highest p_inside (extension; vreloc_jax/segments.py).
   ev.max_length = 64  # Full inference: longest segment in steps (64 = 1,024 frames).
   ev.search_form = "benchmark"  # Full inference score: "benchmark" (Feng et al.) or "paper" (eq. 20).
   ev.baselines = ("random", "stat_prior", "frame_level")  # Rows printed beside the model's.
@@ -107,6 +111,8 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.data.recordings = token.partition("=")[2] or "japanese_vowels"
     elif token == "frame_similarity":
       config.model.frame_similarity = True
+    elif token == "query_length":
+      config.eval.inference = "query_length"
     elif token == "query_blind":
       config.model.query_blind = True
     elif token == "quick":
@@ -117,6 +123,7 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.train.decay_every = 4
       config.train.log_every = 2
       config.train.eval_every = 3
+      config.train.checkpoint_every = 2
       config.loss.mask_after_steps = 3
       config.eval.batch_size = 32
       config.eval.baselines = ("stat_prior",)
@@ -126,7 +133,7 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.model.self_attention_head_dim = 4
     else:
       raise ValueError(f"unknown config argument {token!r}; expected one of "
-                       f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, query_blind, "
-                       "quick")
+                       f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, "
+                       "query_length, query_blind, quick")
   config.model = model.apply_variant(config.model, config.variant)
   return config

@@ -377,3 +377,54 @@ def test_accept_python_lists():
   log_probs = [[[0.0, -9.0, 0.0, 0.0], [-9.0, 0.0, 0.0, 0.0], [-9.0, -9.0, 0.0, 0.0]]]
   np.testing.assert_array_equal(segments.search_full(log_probs, [3]), [[0, 2]])
   np.testing.assert_array_equal(segments.search_weak([[0.1, 0.5, 0.2]], [3]), [[1, 2]])
+
+
+# ----------------------------------------------------------------- query-length (extension)
+
+
+def query_length_reference(p_inside: np.ndarray, length: int, query_length: int) -> list[int]:
+  """Plain loops: the earliest window of min(query, length) steps (>= 1) of highest sum."""
+  if length == 0:
+    return [0, 0]
+  n = min(max(query_length, 1), length)
+  sums = [float(np.sum(p_inside[s:s + n], dtype=np.float64)) for s in range(length - n + 1)]
+  best = max(sums)
+  start = next(s for s, v in enumerate(sums) if v >= best - 1e-5 * max(1.0, abs(best)))
+  return [start, start + n]
+
+
+def test_query_length_matches_reference_on_random_rows():
+  rng = np.random.default_rng(11)
+  batch = 500
+  lengths = random_lengths(rng, batch)
+  lengths[:5] = 0
+  query_lengths = rng.integers(0, 40, size=batch).astype(np.int32)
+  p_inside = random_p_inside(rng, batch, lengths)
+  got = np.asarray(segments.search_query_length(p_inside, lengths, query_lengths))
+  jitted = np.asarray(jax.jit(segments.search_query_length)(p_inside, lengths, query_lengths))
+  np.testing.assert_array_equal(got, jitted)
+  for row in range(batch):
+    expected = query_length_reference(p_inside[row], int(lengths[row]), int(query_lengths[row]))
+    if got[row].tolist() != expected:
+      # Only a near-tie within float32 cumulative-sum rounding may differ, at the same length.
+      n = expected[1] - expected[0]
+      assert got[row][1] - got[row][0] == n
+      sums = [np.sum(p_inside[row, s:s + n], dtype=np.float64) for s in (got[row][0], expected[0])]
+      total = np.sum(p_inside[row, :lengths[row]], dtype=np.float64)
+      assert abs(sums[0] - sums[1]) <= 1e-5 * total, (row, got[row], expected)
+
+
+def test_query_length_hand_computed_cases():
+  p = np.array([[0.1, 0.9, 0.8, 0.1, 0.0, np.nan],   # window 2 -> [1, 3)
+                [0.5, 0.5, 0.5, 0.5, 9.0, 9.0],      # ties -> earliest; padding ignored
+                [0.2, 0.1, 0.7, 0.0, 0.0, 0.0],      # query longer than the reference
+                [0.3, 0.3, 0.3, 0.3, 0.3, 0.3]],     # empty reference
+               np.float32)
+  lengths = np.array([5, 4, 3, 0], np.int32)
+  query_lengths = np.array([2, 3, 10, 4], np.int32)
+  np.testing.assert_array_equal(segments.search_query_length(p, lengths, query_lengths),
+                                [[1, 3], [0, 3], [0, 3], [0, 0]])
+  with pytest.raises(ValueError, match="query_lengths must be integers"):
+    segments.search_query_length(p, lengths, query_lengths[:2])
+  with pytest.raises(ValueError, match="lengths must lie in"):
+    segments.search_query_length(p, np.array([5, 4, 3, 7], np.int32), query_lengths)

@@ -3,15 +3,27 @@
 One `CheckpointManager` keeps the latest ``keep`` checkpoints and, beside
 them, the best one by val ``mAP_avg`` (selected with the val annotations) and
 the one with the lowest val co-attention loss of its predictions (selected
-without annotations); each checkpoint is saved with its val metrics. A state restores onto any mesh: the restore target carries the
+without annotations). A checkpoint saved at an evaluation step carries its val
+metrics; one saved between evaluations (every ``train.checkpoint_every``
+steps, or when a run is stopped by a signal) or after a failed evaluation
+carries none (``metrics=None``). Orbax ranks only checkpoints with metrics
+(`pp.BestN` and the manager's ``best_fn`` both set the others aside, and with
+``keep_checkpoints_without_metrics=False`` BestN does not keep them), so those
+count for "latest" and the latest-``keep`` rule only, never for "best" or
+"min_loss_c". A state restores onto any mesh: the restore target carries the
 shardings of the current devices, whatever the number of devices at saving.
+Checkpoints are written to a temporary directory and renamed when complete;
+temporary directories a killed run left behind are removed when a writable
+manager opens the directory.
 """
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 from typing import Any
 
+from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -23,6 +35,20 @@ SELECTIONS = {
     "latest": "the last step saved (no annotation)",
     "min_loss_c": "the lowest val co-attention loss of the predictions (no annotation)",
 }
+
+
+# What orbax logs (a warning) for every save without metrics when it tracks a best checkpoint.
+_NO_METRICS_WARNING = "did not provide metrics"
+
+
+class _HideNoMetricsWarning(py_logging.Filter):
+  """Drops orbax's warning for a save without metrics: here that is deliberate."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return _NO_METRICS_WARNING not in record.getMessage()
+
+
+_HIDE_NO_METRICS_WARNING = _HideNoMetricsWarning()
 
 
 def _best_metric(metrics: Any) -> float:
@@ -45,13 +71,23 @@ def manager(workdir: str, keep: int = 2, read_only: bool = False) -> ocp.Checkpo
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy, best_fn=_best_metric, best_mode="max",
       create=not read_only, read_only=read_only, save_interval_steps=0 if read_only else 1,
-      enable_async_checkpointing=False)
+      cleanup_tmp_directories=not read_only, enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=options)
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state: Any, metrics: dict[str, float]) -> None:
-  """Saves the state at ``step`` with its val metrics (used to find the best)."""
+def save(mgr: ocp.CheckpointManager, step: int, state: Any,
+         metrics: dict[str, float] | None = None) -> None:
+  """Saves the state at ``step``, with its val metrics when it has them (used to find the best).
+
+  Args:
+    mgr: the work directory's manager (`manager`).
+    step: the training step the state is at.
+    state: the training state (any mesh).
+    metrics: ``{BEST_METRIC: …, LOSS_METRIC: …}`` at an evaluation step; None for a
+      checkpoint without evaluation, which "best" and "min_loss_c" never select.
+  """
+  logging.get_absl_logger().addFilter(_HIDE_NO_METRICS_WARNING)  # Idempotent.
   mgr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
   mgr.wait_until_finished()
 

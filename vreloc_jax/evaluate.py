@@ -3,7 +3,9 @@
   python -m vreloc_jax.evaluate --workdir=W --checkpoint=best --split=test
 
 ``--checkpoint`` is ``best`` (by val mAP_avg), ``latest``, ``min_loss_c`` (the
-lowest val co-attention loss: chosen without annotations) or a step number.
+lowest val co-attention loss: chosen without annotations) or a step number;
+``--inference`` scores with another inference rule than the run's (e.g.
+``query_length`` for a run trained with the paper's weak rule).
 Writes ``W/results/<split>_step<k>.json`` and its predictions file (or
 ``--output``) and prints the table row. Works on any number of devices.
 """
@@ -29,21 +31,38 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A work directory written by vreloc_jax.main.")
   flags.DEFINE_string("checkpoint", "best", "'best', 'latest', 'min_loss_c' or a step number.")
   flags.DEFINE_enum("split", "test", ["val", "test"], "Split to evaluate on.")
-  flags.DEFINE_string("output", None, "Results file (default W/results/<split>_step<k>.json).")
+  flags.DEFINE_string("output", None, "Results file (default W/results/<split>_step<k>.json, "
+                      "or <split>_step<k>_<inference>.json with --inference).")
+  flags.DEFINE_enum("inference", None, list(train.INFERENCES),
+                    "Score with this inference rule instead of the run's eval.inference.")
   flags.mark_flags_as_required(["workdir"])
 
 
 def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
-                        output: str | None = None) -> dict:
-  """Restores ``checkpoint`` of ``workdir`` and scores it on ``split``."""
+                        output: str | None = None, inference: str | None = None) -> dict:
+  """Restores ``checkpoint`` of ``workdir`` and scores it on ``split``.
+
+  Args:
+    workdir: a work directory written by `vreloc_jax.main`.
+    checkpoint: a selection (`checkpoints.SELECTIONS`) or a step.
+    split: "val" or "test".
+    output: the results file; by default under ``workdir/results``.
+    inference: an inference rule (`train.INFERENCES`) replacing the run's own.
+  """
   config = train.load_config(workdir)
+  suffix = ""
+  if inference is not None and inference != config.eval.inference:
+    if inference not in train.INFERENCES:
+      raise ValueError(f"inference must be one of {train.INFERENCES}, got {inference!r}")
+    config.eval.inference = inference
+    suffix = f"_{inference}"
   mesh = sharding.make_mesh()
   bench = train.load_benchmark(config, split_names=(split,))
   runner = train.Runner(config, mesh, bench.feature_dim)
   manager = checkpoints.manager(workdir, read_only=True)
   step = checkpoints.resolve_step(manager, checkpoint)
   state = checkpoints.restore(manager, step, runner.abstract_state())
-  output = output or os.path.join(workdir, "results", f"{split}_step{step}.json")
+  output = output or os.path.join(workdir, "results", f"{split}_step{step}{suffix}.json")
   results = train.evaluate(runner, state["params"], bench, split, output,
                            {"checkpoint_step": step, "selection": str(checkpoint),
                             "config": config.supervision,
@@ -57,7 +76,8 @@ def main(argv):
     raise app.UsageError("Too many command-line arguments.")
   try:
     sharding.start_process()
-    results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output)
+    results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output,
+                                  FLAGS.inference)
   except ValueError as e:
     raise SystemExit(f"vreloc_jax.evaluate: error: {e}") from None
   if jax.process_index() == 0:

@@ -5,7 +5,14 @@
 With no data configured, the synthetic benchmark is generated once (cached)
 and used; ``--config.data.dir=DIR`` (and ``--config.data.features=FILE``)
 points at the real one. A rerun with the same workdir resumes.
+
+Exit status: 0 when done; 75 (`sharding.PREEMPTED_EXIT_CODE`) when SIGTERM or SIGINT
+stopped the run after it saved a checkpoint (rerun the same command to resume; the
+launchers in launch/ requeue on it); 1 with a one-line message for bad input or a
+diverged run.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -31,6 +38,10 @@ def main(argv):
     logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.Preempted as e:  # Saved, then stopped on a signal: the launcher reruns it.
+    print(f"vreloc_jax.main: {e} (exit status {sharding.PREEMPTED_EXIT_CODE})", file=sys.stderr,
+          flush=True)
+    sys.exit(sharding.PREEMPTED_EXIT_CODE)
   except (ValueError, FloatingPointError) as e:  # Bad input or a diverged run: say what, no traceback.
     raise SystemExit(f"vreloc_jax.main: error: {e}") from None
 

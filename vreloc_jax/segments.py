@@ -9,6 +9,9 @@ predicted segment ``[start, end)`` (end exclusive) per example:
  default).
 * :func:`search_weak` (weak supervision): the longest run of consecutive steps
  whose ``p_inside`` is strictly above its mean over the reference.
+* :func:`search_query_length` (weak supervision; an extension, not the
+ paper's rule): the window as long as the query with the highest total
+ ``p_inside``, the frame-level baseline's rule applied to the model's scores.
 
 Both are written in vectorized ``jax.numpy`` with no Python loop over steps:
 they are batched, masked by the true reference lengths, and jit-compatible.
@@ -32,6 +35,7 @@ __all__ = [
     "DEFAULT_MAX_LENGTH",
     "FULL_FORMS",
     "search_full",
+    "search_query_length",
     "search_weak",
 ]
 
@@ -161,6 +165,46 @@ def search_weak(
   return _search_weak(p_inside, lengths)
 
 
+def search_query_length(
+    p_inside: jax.Array | np.ndarray,
+    lengths: jax.Array | np.ndarray,
+    query_lengths: jax.Array | np.ndarray,
+) -> jax.Array:
+  """Finds the query-long window of highest ``p_inside`` (weak supervision, extension).
+
+  Not the paper's rule (`search_weak` is). The prediction of a row is the
+  window of ``n = min(query length, reference length)`` steps (at least 1)
+  whose ``p_inside`` sum is highest, the earliest on ties: what the
+  frame-level baseline does with raw-feature similarities, done with the
+  model's scores. It reads no annotation (the query's length is an input),
+  and unlike the longest run above the mean it does not shrink when the
+  co-attention objective concentrates ``p_inside`` on the part of the action
+  that best matches the query (see README, "Results").
+
+  Args:
+   p_inside: float ``[batch, len_ref]`` probabilities of "inside" (or any score).
+   lengths: int ``[batch]`` true reference lengths, ``0 <= length <= len_ref``.
+    A row of length 0 yields ``[0, 0)``.
+   query_lengths: int ``[batch]`` true query lengths.
+
+  Returns:
+   int32 ``[batch, 2]`` predictions ``[start, end)`` (exclusive end).
+
+  Raises:
+   ValueError: on a bad shape or (concrete) length.
+  """
+  p_inside, lengths = _as_array(p_inside), _as_array(lengths)
+  query_lengths = _as_array(query_lengths)
+  if p_inside.ndim != 2:
+    raise ValueError("search_query_length: p_inside must have shape [batch, len_ref], "
+                     f"got {p_inside.shape}")
+  _check_lengths("search_query_length", lengths, p_inside.shape[0], p_inside.shape[1])
+  if query_lengths.shape != lengths.shape or not jnp.issubdtype(query_lengths.dtype, jnp.integer):
+    raise ValueError(f"search_query_length: query_lengths must be integers of shape "
+                     f"{lengths.shape}, got {query_lengths.dtype} {query_lengths.shape}")
+  return _search_query_length(p_inside, lengths, query_lengths)
+
+
 def _as_array(value) -> jax.Array | np.ndarray:
   """Keeps jax arrays (and tracers) and numpy arrays; turns lists and scalars into numpy."""
   return value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value)
@@ -258,3 +302,23 @@ def _search_weak(p_inside: jax.Array, lengths: jax.Array) -> jax.Array:
   run = jnp.stack([last - longest + 1, last + 1], axis=1)  # [batch, 2]
   whole = jnp.stack([jnp.zeros_like(lengths), lengths], axis=1)  # [batch, 2]
   return jnp.where(longest[:, None] > 0, run, whole).astype(jnp.int32)
+
+
+@jax.jit
+def _search_query_length(p_inside: jax.Array, lengths: jax.Array,
+                         query_lengths: jax.Array) -> jax.Array:
+  """Jitted kernel of :func:`search_query_length` (arguments already checked)."""
+  len_ref = p_inside.shape[1]
+  lengths = jnp.clip(lengths.astype(jnp.int32), 0, len_ref)  # [batch]
+  window = jnp.clip(query_lengths.astype(jnp.int32), 1, jnp.maximum(lengths, 1))  # [batch]
+  positions = jnp.arange(len_ref, dtype=jnp.int32)  # [len_ref]
+  step_mask = positions[None, :] < lengths[:, None]  # [batch, len_ref]
+  p_inside = jnp.where(step_mask, p_inside.astype(jnp.float32), 0.0)  # [batch, len_ref]
+  cumulative = jnp.pad(jnp.cumsum(p_inside, axis=1), ((0, 0), (1, 0)))  # [batch, len_ref + 1]
+  ends = jnp.minimum(positions[None, :] + window[:, None], len_ref)  # [batch, len_ref]
+  score = (jnp.take_along_axis(cumulative, ends, axis=1)
+           - cumulative[:, :-1])  # [batch, len_ref]: sum over [s, s + n)
+  start_mask = positions[None, :] + window[:, None] <= lengths[:, None]  # [batch, len_ref]
+  start = jnp.argmax(jnp.where(start_mask, score, -jnp.inf), axis=1).astype(jnp.int32)
+  prediction = jnp.stack([start, start + window], axis=1)  # [batch, 2]
+  return jnp.where(lengths[:, None] > 0, prediction, 0).astype(jnp.int32)

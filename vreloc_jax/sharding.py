@@ -301,6 +301,11 @@ def initialize_distributed() -> None:
     raise ValueError(f"could not join {detected}: port {port}, where this process (process 0) "
                      "must serve the coordinator, is already in use. What to do: stop the "
                      f"program that listens there, or choose another port in {where}")
+  # jax's preemption service (on by default) puts a C++ SIGTERM handler in place that only
+  # records the signal for multihost_utils.reached_preemption_sync_point: it would swallow
+  # SIGTERM outside training (the process would not end), and Python cannot see or restore
+  # it. Training stops on SIGTERM with its own handler and agreement (train.StopSignals).
+  jax.config.update("jax_enable_preemption_service", False)
   try:
     jax.distributed.initialize(**kwargs)
   except Exception as e:  # pylint: disable=broad-except  (jax raises several types here)

@@ -9,11 +9,29 @@ a checkpoint follows the same trajectory as an uninterrupted one.
 
 Work directory:
   config.json            the resolved configuration
-  metrics.jsonl          one JSON record per log line and per evaluation (process 0)
-  checkpoints/<step>/    orbax checkpoints: the latest ones and the best by val mAP_avg
+  metrics.jsonl          one JSON record per log line and per evaluation (process 0);
+                         appended line by line, and a resumed run first drops the records
+                         after its checkpoint (and a line a kill cut short)
+  checkpoints/<step>/    orbax checkpoints, saved every ``train.checkpoint_every`` steps,
+                         at every evaluation (``train.eval_every``, with the val metrics),
+                         at the last step and when a signal stops the run; kept: the latest
+                         ``train.keep_checkpoints``, the best by val mAP_avg and the lowest
+                         val loss_c (only checkpoints saved with val metrics compete)
   results/               val_step<k>.json (+ .predictions.json) per evaluation,
                          test.json + test.predictions.json at the end,
                          baselines_test.json (the training-free rows)
+Every file is written whole (a temporary file or directory, then a rename) or, for
+metrics.jsonl, appended a line at a time.
+
+Stopping and resuming: on SIGTERM or SIGINT (the first one; a second SIGINT interrupts
+at once) the run finishes its current step, saves a checkpoint of it and raises
+`Preempted`, which ``vreloc_jax.main`` turns into exit status
+`sharding.PREEMPTED_EXIT_CODE` (75) for launchers to requeue. With several processes
+they agree after every step on whether any of them was signalled (one tiny all-gather),
+so all stop at the same step. Rerunning the same command resumes and ends with the
+results of an uninterrupted run. Nothing non-finite is saved: the loss and gradient norm
+of every step, and the whole state before each save, are checked first
+(`FloatingPointError` naming the step).
 """
 
 from __future__ import annotations
@@ -23,7 +41,10 @@ import dataclasses
 import functools
 import json
 import os
+import signal
+import threading
 import time
+import types
 from typing import Any, Callable
 
 from absl import logging
@@ -47,6 +68,10 @@ from vreloc_jax.model import ReLocalizer
 
 # Traces of each jitted function, by name: tests use it to bound compilations.
 TRACE_COUNTS: collections.Counter = collections.Counter()
+# Signals that stop a run gracefully: finish the step, save a checkpoint, raise `Preempted`.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Step metrics that must be finite before anything of the step is saved.
+FINITE_METRICS = {"loss": "loss", "grad_norm": "gradient norm"}
 
 
 @dataclasses.dataclass
@@ -156,15 +181,29 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng:
           "opt_state": make_optimizer(config).init(params)}
 
 
-def predict_segments(outputs: dict[str, jax.Array], lengths: jax.Array,
+INFERENCES = ("weak", "full", "query_length")
+
+
+def predict_segments(outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
                      config: ml_collections.ConfigDict) -> jax.Array:
-  """The predicted segment [s, e) of each reference, by the config's inference rule."""
+  """The predicted segment [s, e) of each reference, by the config's inference rule.
+
+  ``eval.inference``: "weak" (the paper's longest run above the mean p_inside),
+  "full" (start/end search) or "query_length" (an extension: the query-long
+  window of highest p_inside; `segments.search_query_length`).
+  """
+  lengths = batch["reference_length"]  # [batch]
   if config.eval.inference == "weak":
     return segments.search_weak(outputs["probs"][..., losses.INSIDE], lengths)
   if config.eval.inference == "full":
     return segments.search_full(outputs["log_probs"], lengths, max_length=config.eval.max_length,
                                 form=config.eval.search_form)
-  raise ValueError(f"unknown eval.inference {config.eval.inference!r}; expected 'weak' or 'full'")
+  if config.eval.inference == "query_length":
+    query_lengths = batch["query_mask"].sum(axis=1).astype(jnp.int32)  # [batch]
+    return segments.search_query_length(outputs["probs"][..., losses.INSIDE], lengths,
+                                        query_lengths)
+  raise ValueError(f"unknown eval.inference {config.eval.inference!r}; expected one of "
+                   f"{INFERENCES}")
 
 
 def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array, *,
@@ -187,7 +226,6 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
   TRACE_COUNTS["train_step"] += 1
   step = state["step"]
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
-  lengths = batch["reference_length"]  # [batch]
   reference_mask = batch["reference_mask"]  # [batch, len_ref]
   example_mask = batch["example_mask"]  # [batch]
   use_ce = config.loss.cross_entropy_weight > 0
@@ -205,7 +243,7 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
                                 config.loss.alpha, example_mask=example_mask)
 
       def with_masks():  # Action/background masks from the predicted segment, held fixed.
-        predicted = jax.lax.stop_gradient(predict_segments(out, lengths, config))  # [batch, 2]
+        predicted = jax.lax.stop_gradient(predict_segments(out, batch, config))  # [batch, 2]
         return coatt(action_mask=losses.segment_mask(predicted, reference_mask.shape[1]))
 
       # Only the branch of the current step runs (the segment search only once masks are on).
@@ -240,12 +278,17 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
   TRACE_COUNTS["eval_step"] += 1
   out = model.apply({"params": params}, batch["query"], batch["query_mask"], batch["reference"],
                     batch["reference_mask"], deterministic=True)
-  predicted = predict_segments(out, batch["reference_length"], config)  # [batch, 2]
+  predicted = predict_segments(out, batch, config)  # [batch, 2]
   loss_c = losses.coattention_per_example(
       batch["query"], batch["query_mask"], batch["reference"], batch["reference_mask"],
       out["probs"], config.loss.alpha,
       action_mask=losses.segment_mask(predicted, batch["reference_mask"].shape[1]))  # [batch]
   return {"segments": predicted, "loss_c": loss_c}
+
+
+def leaves_finite(tree: Any) -> Any:
+  """Whether each leaf of a pytree is all finite: a pytree of bool scalars."""
+  return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree)
 
 
 class Runner:
@@ -266,6 +309,7 @@ class Runner:
                               out_shardings=(replicated, replicated), donate_argnums=(0,))
     self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, config=config),
                              in_shardings=(replicated, batch), out_shardings=replicated)
+    self.leaves_finite = jax.jit(leaves_finite, out_shardings=replicated)
 
   def abstract_state(self) -> Any:
     """Shapes, dtypes and (replicated) shardings of the state: the restore target."""
@@ -360,16 +404,144 @@ class MetricsWriter:
 
 
 def _check_finite(step: int, values: dict[str, Any]) -> dict[str, float]:
+  """The step's metrics on the host, after checking that its loss and gradient norm are finite.
+
+  A non-finite gradient norm with a finite loss (computed before the update) means
+  non-finite parameters after the step.
+
+  Raises:
+    FloatingPointError: naming the step and what is not finite.
+  """
   host = {k: float(v) for k, v in values.items()}
-  if not np.isfinite(host["loss"]):
-    raise FloatingPointError(f"non-finite loss {host['loss']} at step {step} "
-                             f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in host.items())})")
+  bad = [k for k in FINITE_METRICS if k in host and not np.isfinite(host[k])]
+  if bad:
+    raise FloatingPointError(
+        f"non-finite {' and '.join(f'{FINITE_METRICS[k]} {host[k]}' for k in bad)} at step "
+        f"{step} (metrics: {', '.join(f'{k}={v:.4g}' for k, v in host.items())}); nothing of "
+        "this step was saved. Lower train.learning_rate or train.grad_clip_norm, or check the "
+        "features for non-finite values; a rerun resumes from the last checkpoint")
   return host
+
+
+def _check_state_finite(step: int, finite: Any) -> None:
+  """Raises FloatingPointError naming the step if a leaf of the state is not all finite.
+
+  Args:
+    step: the step the state is at.
+    finite: `leaves_finite` of the state.
+  """
+  bad = [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(finite)
+         if not bool(ok)]
+  if bad:
+    raise FloatingPointError(
+        f"non-finite values in the training state after step {step}, in "
+        f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}; it was not saved. Lower "
+        "train.learning_rate; a rerun resumes from the last checkpoint")
+
+
+def _save(manager: Any, runner: Runner, step: int, state: dict[str, Any],
+          val_metrics: dict[str, float] | None = None) -> None:
+  """Saves a checkpoint of ``state`` at ``step`` once the whole state is checked finite."""
+  _check_state_finite(step, runner.leaves_finite(state))
+  checkpoints.save(manager, step, state, val_metrics)
+
+
+class Preempted(Exception):
+  """A signal stopped training; every process saved a checkpoint first. Rerun to resume."""
+
+  def __init__(self, step: int, signum: int):
+    self.step = step
+    self.signal_name = signal.Signals(signum).name
+    super().__init__(f"stopped by {self.signal_name} with a checkpoint of step {step}; rerun "
+                     "the same command to resume from it" if step else
+                     f"stopped by {self.signal_name} before the first step; rerun the same "
+                     "command to start")
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT into a request to stop that the training loop polls.
+
+  A context manager: it installs its handlers on entry and puts the previous ones back
+  on exit. The first signal only records its number (`signum`); a second SIGINT does
+  what SIGINT did before (by default: KeyboardInterrupt), so that Ctrl-C twice still
+  interrupts at once. Repeated SIGTERMs are ignored: schedulers send SIGKILL when
+  their grace period ends. A signal that was ignored on entry stays ignored, and off
+  the main thread (where Python cannot set handlers) nothing is installed.
+  """
+
+  def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS):
+    self.signals = signals
+    self.signum = 0  # The first stop signal received; 0: none.
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> "StopSignals":
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning("Training outside the main thread: SIGTERM and SIGINT will not stop "
+                      "it at a step boundary.")
+      return self
+    for signum in self.signals:
+      previous = signal.getsignal(signum)
+      if previous is signal.SIG_IGN:
+        continue
+      self._previous[signum] = previous
+      signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
+
+  def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+    if self.signum and signum == signal.SIGINT:
+      previous = self._previous.get(signum, signal.SIG_DFL)
+      if callable(previous):
+        previous(signum, frame)
+      else:
+        signal.signal(signum, previous)
+        os.kill(os.getpid(), signum)
+      return
+    self.signum = self.signum or signum
+
+
+def agree_on_signal(local: int) -> int:
+  """The stop signal any process received (0: none), the same on every process.
+
+  With several processes this is a collective (an all-gather of one int per process):
+  every process must call it at the same points of the run.
+
+  Args:
+    local: the signal number this process received, or 0.
+  """
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.max(multihost_utils.process_allgather(np.int32(local))))  # [processes] -> max
+
+
+def _preempted(step: int, signum: int) -> Preempted:
+  """The exception that stops the run once the checkpoint of ``step`` is saved (logged)."""
+  logging.warning("%s received: stopping with a checkpoint of step %d.",
+                  signal.Signals(signum).name, step)
+  return Preempted(step, signum)
+
+
+def _stop_if_signalled(stop: StopSignals, step: int) -> None:
+  """Raises `Preempted` if any process received a stop signal (agreed by all processes).
+
+  Args:
+    stop: this process's signal handlers.
+    step: the latest checkpoint's step (0: none), from which a rerun resumes.
+  """
+  signum = agree_on_signal(stop.signum)
+  if signum:
+    raise _preempted(step, signum)
 
 
 # Fields a rerun may change and still resume the same run (length, logging, evaluation).
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every",
-                    "train.keep_checkpoints", "eval.batch_size", "eval.baselines", "eval.select")
+                    "train.checkpoint_every", "train.keep_checkpoints", "eval.batch_size",
+                    "eval.baselines", "eval.select")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -424,12 +596,50 @@ def baseline_rows(config: ml_collections.ConfigDict, bench: Benchmark, split: st
   return rows
 
 
+def _evaluate_and_save(runner: Runner, bench: Benchmark, manager: Any, writer: MetricsWriter,
+                       workdir: str, step: int, state: dict[str, Any]) -> None:
+  """Evaluates ``state`` on val, saves it with the val metrics, then records them.
+
+  Orbax records a checkpoint's metrics only when it saves it, so the evaluation comes
+  first; if it fails, the checkpoint is still saved (without metrics: "best" and
+  "min_loss_c" will not consider it) before the error goes on.
+  """
+  try:
+    val = evaluate(runner, state["params"], bench, "val",
+                   os.path.join(workdir, "results", f"val_step{step}.json"), {"step": step})
+  except Exception:
+    logging.error("Val evaluation of step %d failed; saving its checkpoint without val metrics.",
+                  step)
+    _save(manager, runner, step, state)
+    raise
+  logging.info("step %d  val mAP_avg %.2f  val loss_c %.4f", step, val["mAP_avg"], val["loss_c"])
+  _save(manager, runner, step, state, {checkpoints.BEST_METRIC: val["mAP_avg"],
+                                       checkpoints.LOSS_METRIC: val["loss_c"]})
+  writer.write({"step": step, "val_mAP_avg": val["mAP_avg"], "val_loss_c": val["loss_c"],
+                **{f"val_mAP@{k}": v for k, v in val["mAP"].items()}})
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint), then evaluates on test.
 
+  SIGTERM and SIGINT stop it gracefully (see the module docstring); the previous
+  handlers are back when it returns or raises.
+
   Returns:
     The test results of the checkpoint ``config.eval.select`` chooses.
+
+  Raises:
+    Preempted: a signal stopped the run after a checkpoint was saved.
+    FloatingPointError: a step's loss, gradient norm or state was not finite.
+    ValueError: bad configuration or data, or a work directory of another run.
   """
+  with StopSignals() as stop:
+    return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop: StopSignals) -> dict[str, Any]:
+  """`train_and_evaluate`, polling ``stop`` after every step and between phases."""
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, mesh)
@@ -437,6 +647,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.eval.select not in checkpoints.SELECTIONS:
     raise ValueError(f"eval.select must be one of {sorted(checkpoints.SELECTIONS)}, "
                      f"got {config.eval.select!r}")
+  if config.train.checkpoint_every < 1:
+    raise ValueError(f"train.checkpoint_every must be >= 1, got {config.train.checkpoint_every}")
   bench = load_benchmark(config)
   save_config(config, workdir, bench.data_dir)
   logging.info("Data: %s (features %s, dim %d); %s; %d devices, %d processes.", bench.data_dir,
@@ -448,6 +660,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   manager = checkpoints.manager(workdir, config.train.keep_checkpoints)
+  try:
+    return _train_then_test(config, workdir, stop, bench, runner, manager, init_rng, step_rng)
+  finally:
+    manager.close()
+
+
+def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: StopSignals,
+                     bench: Benchmark, runner: Runner, manager: Any, init_rng: jax.Array,
+                     step_rng: jax.Array) -> dict[str, Any]:
+  """The training loop from the latest checkpoint, then the test evaluation."""
+  mesh = runner.mesh
   state = checkpoints.restore(manager, "latest", runner.abstract_state())
   if state is None:
     state = runner.init(init_rng)
@@ -460,16 +683,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = config.train.num_steps
   first_step = int(state["step"])
   writer.truncate_after(first_step)
+  _stop_if_signalled(stop, first_step)  # A signal during the set-up: nothing new to save.
   stream = batching.prefetch(batches.batch(s) for s in range(first_step, num_steps))
-  pending = None  # (step, metrics) of the previous step, checked one step late.
+  # (step, metrics on device) of the previous step: checked while the next step runs, and
+  # always before anything is saved.
+  unchecked = None
   tick, tick_step, start = time.time(), first_step, time.time()
   for step in range(first_step + 1, num_steps + 1):
     state, step_metrics = runner.train_step(state, sharding.to_global(next(stream), mesh), step_rng)
-    if pending is not None:
-      _check_finite(*pending)
-    pending = (step, step_metrics)
-    if step % config.train.log_every == 0 or step == num_steps:
-      host = _check_finite(*pending)
+    if unchecked is not None:
+      _check_finite(*unchecked)
+    unchecked = (step, step_metrics)
+    signum = agree_on_signal(stop.signum)  # Every process, every step: they stop together.
+    log_now = step % config.train.log_every == 0 or step == num_steps
+    eval_now = step % config.train.eval_every == 0 or step == num_steps
+    save_now = eval_now or step % config.train.checkpoint_every == 0 or bool(signum)
+    if log_now or save_now:
+      host = _check_finite(*unchecked)
+      unchecked = None
+    if log_now:
       now = time.time()
       rate = (step - tick_step) / max(now - tick, 1e-9)
       eta = (num_steps - step) / max(rate, 1e-9)
@@ -478,25 +710,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
       writer.write({"step": step, "time": now - start, "steps_per_second": rate, **host})
       tick, tick_step = now, step
-    if step % config.train.eval_every == 0 or step == num_steps:
-      _check_finite(*pending)
-      val = evaluate(runner, state["params"], bench, "val",
-                     os.path.join(workdir, "results", f"val_step{step}.json"), {"step": step})
-      logging.info("step %d  val mAP_avg %.2f  val loss_c %.4f", step, val["mAP_avg"],
-                   val["loss_c"])
-      writer.write({"step": step, "val_mAP_avg": val["mAP_avg"], "val_loss_c": val["loss_c"],
-                    **{f"val_mAP@{k}": v for k, v in val["mAP"].items()}})
-      checkpoints.save(manager, step, state, {checkpoints.BEST_METRIC: val["mAP_avg"],
-                                              checkpoints.LOSS_METRIC: val["loss_c"]})
-  if pending is not None:
-    _check_finite(*pending)
+    if eval_now:  # Saves too, with the val metrics.
+      _evaluate_and_save(runner, bench, manager, writer, workdir, step, state)
+    elif save_now:
+      _save(manager, runner, step, state)
+    if signum:
+      raise _preempted(step, signum)
+  if unchecked is not None:
+    _check_finite(*unchecked)
   manager.wait_until_finished()
 
   rows = {}
   test = None
   # The configured selection gives the run's result (results/test.json); when it is not
-  # the annotation-selected "best", that one is reported beside it, labelled.
+  # the annotation-selected "best", that one is reported beside it, labelled. A signal
+  # between these evaluations stops the run too: the rerun only evaluates.
   for which in dict.fromkeys((config.eval.select, "best")):
+    _stop_if_signalled(stop, num_steps)
     step = checkpoints.resolve_step(manager, which)
     state = checkpoints.restore(manager, step, runner.abstract_state())
     name = "test.json" if which == config.eval.select else f"test_{which}.json"
@@ -506,6 +736,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         "variant": config.variant, "inference": config.eval.inference})
     test = test or results
     rows[f"ours ({config.supervision}, {config.variant}, {which}: step {step})"] = results
+  _stop_if_signalled(stop, num_steps)
   baselines = baseline_rows(config, bench, "test")
   if jax.process_index() == 0:
     metrics.atomic_write_json(os.path.join(workdir, "results", "baselines_test.json"), baselines)
@@ -514,5 +745,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                f"({bench.data_dir})")
   if jax.process_index() == 0:
     print(table, flush=True)
-  manager.close()
   return test
