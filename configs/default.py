@@ -11,8 +11,11 @@ Config arguments (after the file name, comma-separated), for example
   instead of the synthetic default; built once and cached;
 * ``frame_similarity``: the extension that lets the predictor read the
   frame-level similarity to the query (`vreloc_jax.attention.frame_similarity`);
-* ``query_length``: the extension's inference rule (and co-attention masks):
-  the query-long window of highest p_inside (`segments.search_query_length`);
+* ``inference=RULE``: the inference rule, which also gives the co-attention
+  masks: ``weak`` (the paper's longest run above the mean p_inside), ``full``
+  (start/end search) or ``query_length`` (an extension: the query-long window
+  of highest p_inside, `segments.search_query_length`); ``query_length`` alone
+  is short for ``inference=query_length``;
 * ``query_blind``: a control that never reads the query (the predictor sees
   only the reference's self-attention features): what a model finds without
   knowing what it is looking for;
@@ -82,8 +85,11 @@ def get_config() -> ml_collections.ConfigDict:
 def for_supervision(supervision: str, arg: str | None) -> ml_collections.ConfigDict:
   """The defaults set for "weak" or "full" supervision, then the config arguments applied.
 
-  Weak: co-attention loss only, longest-run inference. Full: loss_w + loss_c and the
-  start/end search (the paper's Table 4 last row).
+  Weak: co-attention loss only; the query-length inference rule (an extension; the
+  paper's longest run above the mean is ``inference=weak``); the tested checkpoint is
+  chosen without annotations (lowest val loss_c). Full: loss_w + loss_c, the start/end
+  search, the best checkpoint by val mAP (the paper's Table 4 last row).
+  Why: configs/weak.py and README.md ("Results").
   """
   if supervision not in ("weak", "full"):
     raise ValueError(f"supervision must be 'weak' or 'full', got {supervision!r}")
@@ -93,10 +99,12 @@ def for_supervision(supervision: str, arg: str | None) -> ml_collections.ConfigD
   config.loss.coattention_weight = 1.0
   config.eval.inference = supervision
   if supervision == "weak":
-    # The co-attention objective peaks early and then over-sharpens p_inside (see
-    # configs/weak.py): 100 steps without the masks, 100 with them, val every 25.
+    # The paper's schedule: 100 steps without the masks, 100 with them (lr 1e-3), val
+    # every 25; measured curves and the choice of rule and selection: configs/weak.py.
     config.train.num_steps = 200
     config.train.eval_every = 25
+    config.eval.inference = "query_length"
+    config.eval.select = "min_loss_c"
   return apply_arguments(config, arg)
 
 
@@ -111,8 +119,8 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.data.recordings = token.partition("=")[2] or "japanese_vowels"
     elif token == "frame_similarity":
       config.model.frame_similarity = True
-    elif token == "query_length":
-      config.eval.inference = "query_length"
+    elif token == "query_length" or token.startswith("inference="):
+      config.eval.inference = token.partition("=")[2] or "query_length"
     elif token == "query_blind":
       config.model.query_blind = True
     elif token == "quick":
@@ -134,6 +142,6 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
     else:
       raise ValueError(f"unknown config argument {token!r}; expected one of "
                        f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, "
-                       "query_length, query_blind, quick")
+                       "inference=RULE, query_length, query_blind, quick")
   config.model = model.apply_variant(config.model, config.variant)
   return config

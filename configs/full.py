@@ -6,15 +6,25 @@ segment with probability 0.9. Inference: the benchmark authors' start/end
 search over segments of at most 64 steps (``eval.search_form="paper"`` for
 the paper's eq. 20).
 
-Command (synthetic default benchmark, generated once and cached):
+Commands (synthetic default benchmark, generated once and cached; the real
+recordings with ``:recordings``):
 
   python -m vreloc_jax.main --config=configs/full.py --workdir=/tmp/full
+  python -m vreloc_jax.main --config=configs/full.py:recordings --workdir=/tmp/full-jv
 
 ``configs/full.py:...`` takes the same arguments as ``configs/weak.py``;
 set ``--config.loss.coattention_weight=0`` for the loss_w-only row.
 
 Expected result (test split, top-1 mAP avg over IoU 0.5…0.9): see the
-table in README.md ("Results"), measured with this exact command.
+table in README.md ("Results"), measured with these exact commands; on the
+real recordings 78.9 (frame-level baseline 61.6; the query-blind control
+``:query_blind`` 33.0). The tested checkpoint is the best by val mAP (the
+benchmark authors' practice: full supervision reads annotations anyway).
+Schedule: the paper's (learning rate 1e-3, ÷10 at step 200), 300 steps; on
+the real recordings val mAP rises until steps 100-125 and is flat after.
+``:frame_similarity`` (an extension: the predictor also reads the
+frame-level similarity to the query) measured 80.3 there, within one seed's
+noise of the paper's model, so it is not the default.
 """
 
 from configs import default

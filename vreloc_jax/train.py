@@ -644,6 +644,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh)
+  if config.eval.inference not in INFERENCES:
+    raise ValueError(f"eval.inference must be one of {INFERENCES}, got {config.eval.inference!r}")
   if config.eval.select not in checkpoints.SELECTIONS:
     raise ValueError(f"eval.select must be one of {sorted(checkpoints.SELECTIONS)}, "
                      f"got {config.eval.select!r}")
