@@ -17,8 +17,8 @@ set ``--config.loss.coattention_weight=0`` for the loss_w-only row.
 
 Expected result (test split, top-1 mAP avg over IoU 0.5…0.9): see the
 table in README.md ("Results"), measured with these exact commands; on the
-real recordings 78.9 (frame-level baseline 61.6; the query-blind control
-``:query_blind`` 33.0). The tested checkpoint is the best by val mAP (the
+real recordings 78.9, 71.6, 72.7 with seeds 0-2 (frame-level baseline 61.6;
+the query-blind control ``:query_blind`` 33.0). The tested checkpoint is the best by val mAP (the
 benchmark authors' practice: full supervision reads annotations anyway).
 Schedule: the paper's (learning rate 1e-3, ÷10 at step 200), 300 steps; on
 the real recordings val mAP rises until steps 100-125 and is flat after.

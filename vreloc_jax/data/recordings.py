@@ -158,7 +158,9 @@ def layout(labels: np.ndarray, classes: dict[str, list[str]], seed: int,
 
 def _standardizer(instances: Sequence[np.ndarray], labels: np.ndarray,
                   train_classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-  frames = np.concatenate([x for x, y in zip(instances, labels) if y in set(train_classes)])
+  """Per-channel mean and standard deviation of the training classes' frames: [C], [C]."""
+  train = set(train_classes)
+  frames = np.concatenate([x for x, y in zip(instances, labels) if y in train])  # [frames, C]
   mean, std = frames.mean(axis=0), frames.std(axis=0)
   return mean, np.where(std > 0, std, 1.0)
 
