@@ -34,7 +34,9 @@ Decided here, with the evidence (README.md, "Results", has the curves):
   length is an input, not an annotation, and the frame-level baseline uses it
   the same way. With it the same training keeps its val mAP (real recordings:
   24 -> 29) and tests at 55.2 instead of 21.4 (both selected without
-  annotations).
+  annotations); on the synthetic default 29.6 instead of 12.8 (the paper's
+  rule reaches 50.9 there only with the step-25 checkpoint chosen by val
+  annotations, helped by that generator's shared action direction).
 * Checkpoint: the lowest val co-attention loss of the predictions
   (``eval.select = "min_loss_c"``), which reads no annotation. Measured on
   the real recordings: with the query-length rule val loss_c and val mAP move
