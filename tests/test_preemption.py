@@ -276,6 +276,18 @@ def test_checkpoints_without_val_metrics_count_for_latest_only(tmp_path):
     mgr.close()
 
 
+def test_checkpoint_of_an_older_version_without_loss_c_is_kept_and_never_min_loss(tmp_path):
+  state = {"w": np.arange(3, dtype=np.float32)}
+  manager = checkpoints.manager(str(tmp_path), keep=1)
+  checkpoints.save(manager, 1, state, {checkpoints.BEST_METRIC: 9.0})  # No loss_c yet.
+  checkpoints.save(manager, 2, state, {checkpoints.BEST_METRIC: 1.0, checkpoints.LOSS_METRIC: 0.4})
+  checkpoints.save(manager, 3, state)
+  assert list(manager.all_steps()) == [1, 2, 3]
+  assert [checkpoints.resolve_step(manager, w) for w in ("best", "min_loss_c", "latest")] == [
+      1, 2, 3]
+  manager.close()
+
+
 def test_stop_signals_record_the_first_and_restore_the_handlers():
   before = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
 

@@ -56,7 +56,8 @@ def _best_metric(metrics: Any) -> float:
 
 
 def _negative_loss(metrics: Any) -> float:
-  return -float(metrics[LOSS_METRIC])
+  # A checkpoint of an older version has no loss_c: it never ranks as the lowest.
+  return -float(metrics.get(LOSS_METRIC, float("inf")))
 
 
 def manager(workdir: str, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
