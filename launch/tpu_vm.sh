@@ -4,14 +4,16 @@
 #
 # Run from any machine with gcloud configured for the TPU's project:
 #
-#   launch/tpu_vm.sh TPU_NAME ZONE configs/weak.py /mnt/shared/runs/weak \
-#     --config.data.dir=/mnt/shared/anet_reloc
+#   launch/tpu_vm.sh TPU_NAME ZONE configs/weak.py gs://BUCKET/runs/weak \
+#     --config.data.dir=gs://BUCKET/anet_reloc
 #
 # What it expects:
 #   - on every worker, this repository at ~/vreloc_jax (or at the path, relative to the remote
 #     home directory, in VRELOC_REMOTE_DIR) with its .venv holding jax[tpu];
-#   - the data and WORKDIR at the same path on every worker, on storage they all share (a
-#     shared filesystem such as Filestore, or a bucket mounted with gcsfuse);
+#   - the data and WORKDIR where every worker reaches them: gs:// URIs (read and written
+#     through etils.epath; install gcsfs into the .venv), or the same path on a shared
+#     filesystem (Filestore, a gcsfuse mount); generated benchmarks are built by every
+#     worker into its local cache (WORKSPACE.md, "Storage");
 #   - bash as the workers' login shell (the default on TPU VM images): arguments are quoted
 #     for it with printf %q, so paths and flags with spaces or quotes arrive unchanged.
 #

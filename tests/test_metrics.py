@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 
 import numpy as np
 import pytest
@@ -176,25 +175,6 @@ def test_evaluate_predictions_errors(tmp_path, predicted, message):
 def test_predictions_path():
   assert metrics.predictions_path("a/b/res.json") == "a/b/res.predictions.json"
   assert metrics.predictions_path("res") == "res.predictions.json"
-
-
-def test_atomic_write_json(tmp_path):
-  path = str(tmp_path / "sub" / "x.json")
-  metrics.atomic_write_json(path, {"a": [1, 2]})
-  with open(path) as f:
-    text = f.read()
-  assert json.loads(text) == {"a": [1, 2]} and text.endswith("\n")
-  umask = os.umask(0)
-  os.umask(umask)
-  assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask  # not mkstemp's 0o600
-  metrics.atomic_write_json(path, {"b": 3})  # replaces
-  with open(path) as f:
-    assert json.load(f) == {"b": 3}
-  with pytest.raises(TypeError):
-    metrics.atomic_write_json(path, {"c": object()})  # fails half-way through dumping
-  with open(path) as f:
-    assert json.load(f) == {"b": 3}  # the old file is intact
-  assert os.listdir(tmp_path / "sub") == ["x.json"]  # no temporary file left
 
 
 def test_format_table():

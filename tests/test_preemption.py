@@ -225,6 +225,21 @@ class _NanGradientsFrom(train.Runner):
     self.train_step = train_step
 
 
+def test_sigterm_during_start_up_exits_75_before_the_first_step(data_dir, tmp_path):
+  """A scheduler's SIGTERM while the process joins the cluster or loads data: requeued (75)."""
+  workdir, log = tmp_path / "w", tmp_path / "log"
+  proc = _start(data_dir, workdir, log)
+  deadline = time.time() + 300
+  while "JAX process" not in log.read_text():  # main() runs: handlers are in place.
+    assert proc.poll() is None, log.read_text()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=300) == 75, log.read_text()[-3000:]
+  assert "stopped by SIGTERM before the first step" in log.read_text()
+  assert not _records(workdir)
+
+
 @pytest.mark.parametrize("gradient, message", [
     (True, r"^non-finite gradient norm nan at step 3 \(metrics: .*\bloss=\d"),
     (False, r"^non-finite values in the training state after step 3, in \['params'\]")])

@@ -174,3 +174,38 @@ def test_four_devices_and_two_processes_match_one_device(data_dir, tmp_path, sup
   for name in runs:
     np.testing.assert_allclose(losses(workdirs[name]), losses(tmp_path / "w1"), rtol=1e-4,
                                err_msg=name)
+
+
+def test_two_hosts_each_build_the_synthetic_default_and_check_they_agree(tmp_path):
+  """``main`` on two processes joined by VRELOC_* (launch/local_multiprocess.sh's variables),
+  each with its own fresh cache (hosts without a shared file system), on the synthetic default."""
+  port = 20000 + (os.getpid() + 7) % 20000
+  caches = [tmp_path / f"host{i}" for i in range(2)]
+
+  def start(workdir):
+    return [subprocess.Popen(
+        [sys.executable, "-m", "vreloc_jax.main", "--config=configs/weak.py:quick",
+         f"--workdir={workdir}", "--config.data.synthetic_scale=0.02",
+         "--config.train.num_steps=2", "--config.train.eval_every=2",
+         "--config.data.reference_buckets=(300,)"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "VRELOC_CACHE": str(caches[i]),
+             "VRELOC_COORDINATOR": f"127.0.0.1:{port}", "VRELOC_NUM_PROCESSES": "2",
+             "VRELOC_PROCESS_ID": str(i)}) for i in range(2)]
+
+  outs = [_finish(p) for p in start(tmp_path / "w")]
+  assert "2 processes" in outs[0]
+  built = [next(c.iterdir()) for c in caches]  # Each host built its own copy.
+  assert built[0].name == built[1].name
+  assert (tmp_path / "w" / "results" / "test.json").is_file()
+  # A host whose copy differs (another version) stops the run with a message, on every host.
+  with open(built[1] / "val.json") as f:
+    val = json.load(f)
+  with open(built[1] / "val.json", "w") as f:
+    json.dump(val[:-1], f)
+  port += 1
+  procs = start(tmp_path / "w2")
+  for proc in procs:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out[-3000:]
+    assert "differs between processes 0 and 1" in out, out[-3000:]

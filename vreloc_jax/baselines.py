@@ -41,7 +41,6 @@ writes the results file (``{"split", "num_pairs", "mAP", "mAP_avg", "method",
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import app
@@ -49,6 +48,7 @@ from absl import flags
 import numpy as np
 
 from vreloc_jax import metrics
+from vreloc_jax import storage
 from vreloc_jax.data import pairs as pairs_lib
 from vreloc_jax.data import splits as splits_lib
 from vreloc_jax.data.features import FeatureStore, find_features, open_features
@@ -348,7 +348,7 @@ def main(argv: Sequence[str]) -> None:
   if "prior" in results:
     print(f"training prior: start {results['prior'][0]:.4f}, end {results['prior'][1]:.4f}")
   print(metrics.format_table({name: results}, title=(
-      f"{FLAGS.split} split, {results['num_pairs']} pairs ({os.path.abspath(FLAGS.data_dir)})")))
+      f"{FLAGS.split} split, {results['num_pairs']} pairs ({storage.absolute(FLAGS.data_dir)})")))
   if FLAGS.output:
     print(f"results: {FLAGS.output}; predictions: {metrics.predictions_path(FLAGS.output)}")
 

@@ -20,12 +20,13 @@ manager opens the directory.
 from __future__ import annotations
 
 import logging as py_logging
-import os
 from typing import Any
 
 from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from vreloc_jax import workdir as workdir_lib
 
 BEST_METRIC = "val_mAP_avg"
 LOSS_METRIC = "val_loss_c"
@@ -73,7 +74,7 @@ def manager(workdir: str, keep: int = 2, read_only: bool = False) -> ocp.Checkpo
       preservation_policy=policy, best_fn=_best_metric, best_mode="max",
       create=not read_only, read_only=read_only, save_interval_steps=0 if read_only else 1,
       cleanup_tmp_directories=not read_only, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+  return ocp.CheckpointManager(workdir_lib.checkpoints_dir(workdir),
                                options=options)
 
 

@@ -12,8 +12,6 @@ Writes ``W/results/<split>_step<k>.json`` and its predictions file (or
 
 from __future__ import annotations
 
-import os
-
 from absl import app
 from absl import flags
 import jax
@@ -22,6 +20,7 @@ from vreloc_jax import checkpoints
 from vreloc_jax import metrics
 from vreloc_jax import sharding
 from vreloc_jax import train
+from vreloc_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +48,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
     output: the results file; by default under ``workdir/results``.
     inference: an inference rule (`train.INFERENCES`) replacing the run's own.
   """
-  config = train.load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   suffix = ""
   if inference is not None and inference != config.eval.inference:
     if inference not in train.INFERENCES:
@@ -62,7 +61,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
   manager = checkpoints.manager(workdir, read_only=True)
   step = checkpoints.resolve_step(manager, checkpoint)
   state = checkpoints.restore(manager, step, runner.abstract_state())
-  output = output or os.path.join(workdir, "results", f"{split}_step{step}{suffix}.json")
+  output = output or workdir_lib.evaluation_file(workdir, split, step, suffix.lstrip("_") or None)
   results = train.evaluate(runner, state["params"], bench, split, output,
                            {"checkpoint_step": step, "selection": str(checkpoint),
                             "config": config.supervision,

@@ -34,10 +34,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
   try:
-    sharding.start_process()
-    logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
-                 jax.local_devices())
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    # Handlers first: a scheduler's SIGTERM while the cluster forms or the data loads
+    # also ends in exit status 75 (requeued), not in the default 143.
+    with train.StopSignals() as stop:
+      sharding.start_process()
+      logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
+                   jax.process_count(), jax.local_devices())
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop)
   except train.Preempted as e:  # Saved, then stopped on a signal: the launcher reruns it.
     print(f"vreloc_jax.main: {e} (exit status {sharding.PREEMPTED_EXIT_CODE})", file=sys.stderr,
           flush=True)

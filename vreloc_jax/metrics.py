@@ -9,12 +9,12 @@ the reported average is over 0.5 … 0.9.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from vreloc_jax import storage
 
 THRESHOLDS = np.arange(0.1, 1.0, 0.1)
 AVERAGE_FROM = 0.5  # the average is over thresholds >= this (0.5 … 0.9)
@@ -60,29 +60,6 @@ def top1_map(ious: Sequence[float] | np.ndarray) -> dict[str, Any]:
   per_t = {threshold_key(t): float(100.0 * np.mean(ious > t)) for t in THRESHOLDS}
   avg = float(np.mean([per_t[threshold_key(t)] for t in THRESHOLDS if t >= AVERAGE_FROM - 1e-9]))
   return {"mAP": per_t, "mAP_avg": avg}
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes text through a temporary file and a rename: never half-written."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-  """Writes JSON through a temporary file and a rename: never half-written."""
-  atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def predictions_path(results_path: str) -> str:
@@ -134,8 +111,8 @@ def evaluate_predictions(split: str, pairs: Sequence[Any], predicted: np.ndarray
         "iou": float(ious[i]),
     } for i, p in enumerate(pairs)]
     # Predictions first: a results file never points at a missing predictions file.
-    atomic_write_json(predictions_path(results_path), {"split": split, "predictions": rows})
-    atomic_write_json(results_path, results)
+    storage.write_json(predictions_path(results_path), {"split": split, "predictions": rows})
+    storage.write_json(results_path, results)
   return results
 
 

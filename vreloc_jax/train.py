@@ -7,21 +7,10 @@ replicated and donated. Per-step randomness is ``fold_in(key, step)`` and the
 batch of a step is a pure function of ``(seed, step)``, so a run resumed from
 a checkpoint follows the same trajectory as an uninterrupted one.
 
-Work directory:
-  config.json            the resolved configuration
-  metrics.jsonl          one JSON record per log line and per evaluation (process 0);
-                         appended line by line, and a resumed run first drops the records
-                         after its checkpoint (and a line a kill cut short)
-  checkpoints/<step>/    orbax checkpoints, saved every ``train.checkpoint_every`` steps,
-                         at every evaluation (``train.eval_every``, with the val metrics),
-                         at the last step and when a signal stops the run; kept: the latest
-                         ``train.keep_checkpoints``, the best by val mAP_avg and the lowest
-                         val loss_c (only checkpoints saved with val metrics compete)
-  results/               val_step<k>.json (+ .predictions.json) per evaluation,
-                         test.json + test.predictions.json at the end,
-                         baselines_test.json (the training-free rows)
-Every file is written whole (a temporary file or directory, then a rename) or, for
-metrics.jsonl, appended a line at a time.
+Work directory: its layout (config.json, metrics.jsonl, checkpoints/, results/) is
+`vreloc_jax.workdir`'s; it may be local or on cloud storage (``gs://…``, through
+`vreloc_jax.storage`). Every file is written whole, or for metrics.jsonl appended a
+line at a time.
 
 Stopping and resuming: on SIGTERM or SIGINT (the first one; a second SIGINT interrupts
 at once) the run finishes its current step, saves a checkpoint of it and raises
@@ -39,7 +28,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
 import os
 import signal
 import threading
@@ -60,6 +48,8 @@ from vreloc_jax import losses
 from vreloc_jax import metrics
 from vreloc_jax import segments
 from vreloc_jax import sharding
+from vreloc_jax import storage
+from vreloc_jax import workdir as workdir_lib
 from vreloc_jax.data import batching
 from vreloc_jax.data import pairs as pairs_lib
 from vreloc_jax.data import splits as splits_lib
@@ -91,7 +81,7 @@ class Benchmark:
 
 
 def cache_root() -> str:
-  """Where generated benchmarks are cached: $VRELOC_CACHE or ~/.cache/vreloc_jax."""
+  """Where generated benchmarks are cached: $VRELOC_CACHE (local or gs://…) or ~/.cache/vreloc_jax."""
   return os.environ.get("VRELOC_CACHE") or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vreloc_jax")
 
@@ -101,41 +91,66 @@ def synthetic_dir(config: ml_collections.ConfigDict) -> str:
   if config.data.synthetic_dir:
     return config.data.synthetic_dir
   from vreloc_jax.data import synthetic  # Imported lazily: only the default needs it.
-  return os.path.join(cache_root(), f"synthetic-v{synthetic.VERSION}-seed"
+  return storage.join(cache_root(), f"synthetic-v{synthetic.VERSION}-seed"
                       f"{config.data.synthetic_seed}-scale{config.data.synthetic_scale:g}")
 
 
 def recordings_dir(config: ml_collections.ConfigDict) -> str:
   """Where the real-recordings benchmark of a config is cached."""
   from vreloc_jax.data import recordings  # Imported lazily: only this benchmark needs it.
-  return os.path.join(cache_root(), f"recordings-{config.data.recordings}-v{recordings.VERSION}"
+  return storage.join(cache_root(), f"recordings-{config.data.recordings}-v{recordings.VERSION}"
                       f"-seed{config.data.recordings_seed}")
+
+
+# The files whose digest every host compares after building a generated benchmark.
+_DIGEST_NAMES = ("manifest", "train.json", "val.json", "test.json", "length.json")
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
   """The benchmark directory: ``config.data.dir``, else a generated one (built once, cached).
 
   Generated: the real-recordings benchmark ``config.data.recordings`` when set,
-  else the synthetic default.
+  else the synthetic default. Several processes (hosts): with a local cache every
+  process builds its own copy (a cache hit after the first run; the build is
+  deterministic, takes seconds to a minute, and needs no shared file system; hosts
+  sharing the directory are safe, a build is renamed into place whole); with a
+  cache on cloud storage process 0 builds it and the others wait for it. Then every
+  process checks that they all hold the same benchmark (a digest of its manifest and
+  split files) and raises if not (say, different project versions).
+
+  Raises:
+    ValueError: the hosts' generated benchmarks differ.
   """
   if config.data.dir:
     return config.data.dir
   if config.data.get("recordings"):
     from vreloc_jax.data import recordings  # Imported lazily: only this benchmark needs it.
     out = recordings_dir(config)
+    manifest_name = recordings.MANIFEST_NAME
     build = functools.partial(recordings.build, out, source=config.data.recordings,
                               seed=config.data.recordings_seed)
   else:
     from vreloc_jax.data import synthetic  # Imported lazily: only the default needs it.
     out = synthetic_dir(config)
+    manifest_name = synthetic.MANIFEST_NAME
     build = functools.partial(synthetic.generate, out, seed=config.data.synthetic_seed,
                               scale=config.data.synthetic_scale)
-  if jax.process_index() == 0:  # A cache hit (same generator version and settings) is instant.
+  if jax.process_index() == 0 or storage.is_local(out):
     logging.info("Generated benchmark: %s (built once, then cached).", out)
-    build()
+    build()  # A cache hit (same generator version and settings) is instant.
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("generated benchmark ready")
+    from vreloc_jax.data import directory
+    names = [manifest_name if n == "manifest" else n for n in _DIGEST_NAMES]
+    mine = np.frombuffer(directory.digest(out, names), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, 32]
+    differ = [i for i in range(every.shape[0]) if not np.array_equal(every[i], every[0])]
+    if differ:
+      raise ValueError(f"the generated benchmark {out} differs between processes 0 and "
+                       f"{differ[0]} (another project version or numpy on that host?); "
+                       "give every host the same installation, or build it once on shared "
+                       "storage and pass --config.data.dir")
   return out
 
 
@@ -369,40 +384,6 @@ def make_train_batches(config: ml_collections.ConfigDict, bench: Benchmark
                                process_count=jax.process_count())
 
 
-class MetricsWriter:
-  """JSON lines in ``workdir/metrics.jsonl``; only process 0 writes."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.enabled = jax.process_index() == 0
-
-  def truncate_after(self, step: int) -> None:
-    """Drops records of steps after `step`: a resumed run logs them again.
-
-    An interrupted run may have logged past its last checkpoint; without this the
-    resumed run's records of those steps would follow them as duplicates.
-    """
-    if not self.enabled or not os.path.isfile(self.path):
-      return
-    with open(self.path, "r", encoding="utf-8") as f:
-      lines = f.readlines()
-    kept = []
-    for line in lines:
-      try:
-        record_step = json.loads(line).get("step", 0)
-      except json.JSONDecodeError:  # A line cut short by the interruption.
-        continue
-      if record_step <= step:
-        kept.append(line if line.endswith("\n") else line + "\n")
-    if kept != lines:
-      metrics.atomic_write_text(self.path, "".join(kept))
-
-  def write(self, record: dict[str, Any]) -> None:
-    if self.enabled:
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _check_finite(step: int, values: dict[str, Any]) -> dict[str, float]:
   """The step's metrics on the host, after checking that its loss and gradient norm are finite.
 
@@ -538,53 +519,6 @@ def _stop_if_signalled(stop: StopSignals, step: int) -> None:
     raise _preempted(step, signum)
 
 
-# Fields a rerun may change and still resume the same run (length, logging, evaluation).
-RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every",
-                    "train.checkpoint_every", "train.keep_checkpoints", "eval.batch_size",
-                    "eval.baselines", "eval.select")
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> None:
-  """Writes W/config.json (with the resolved data directory) after checking a resume.
-
-  Raises:
-    ValueError: W already holds checkpoints of a run with another configuration or
-      other data (outside `RESUMABLE_FIELDS`); resuming it would mix two runs.
-  """
-  record = json.loads(config.to_json())
-  record["data"]["resolved_dir"] = os.path.abspath(data_dir)
-  path = os.path.join(workdir, "config.json")
-  checkpoint_dir = os.path.join(workdir, "checkpoints")
-  if os.path.isfile(path) and os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
-    with open(path, "r", encoding="utf-8") as f:
-      old, new = _flatten(json.load(f)), _flatten(record)
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and k.rstrip(".") not in RESUMABLE_FIELDS)
-    if changed:
-      raise ValueError(
-          f"{workdir} holds checkpoints of a different run; it differs in "
-          + ", ".join(f"{k.rstrip('.')} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:5])
-          + (" …" if len(changed) > 5 else "") + ". Rerun with the same configuration to "
-          "resume it, or choose a new --workdir.")
-  if jax.process_index() == 0:
-    metrics.atomic_write_json(path, record)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The configuration a work directory was trained with."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise ValueError(f"{workdir} is not a vreloc_jax work directory (no config.json)")
-  with open(path, "r", encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def baseline_rows(config: ml_collections.ConfigDict, bench: Benchmark, split: str
                   ) -> dict[str, dict[str, Any]]:
   """The training-free baselines' results on a split, for the final table."""
@@ -596,7 +530,8 @@ def baseline_rows(config: ml_collections.ConfigDict, bench: Benchmark, split: st
   return rows
 
 
-def _evaluate_and_save(runner: Runner, bench: Benchmark, manager: Any, writer: MetricsWriter,
+def _evaluate_and_save(runner: Runner, bench: Benchmark, manager: Any,
+                       writer: workdir_lib.MetricsWriter,
                        workdir: str, step: int, state: dict[str, Any]) -> None:
   """Evaluates ``state`` on val, saves it with the val metrics, then records them.
 
@@ -606,7 +541,7 @@ def _evaluate_and_save(runner: Runner, bench: Benchmark, manager: Any, writer: M
   """
   try:
     val = evaluate(runner, state["params"], bench, "val",
-                   os.path.join(workdir, "results", f"val_step{step}.json"), {"step": step})
+                   workdir_lib.val_results_file(workdir, step), {"step": step})
   except Exception:
     logging.error("Val evaluation of step %d failed; saving its checkpoint without val metrics.",
                   step)
@@ -619,11 +554,18 @@ def _evaluate_and_save(runner: Runner, bench: Benchmark, manager: Any, writer: M
                 **{f"val_mAP@{k}": v for k, v in val["mAP"].items()}})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop: StopSignals | None = None) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint), then evaluates on test.
 
   SIGTERM and SIGINT stop it gracefully (see the module docstring); the previous
   handlers are back when it returns or raises.
+
+  Args:
+    config: the run's configuration.
+    workdir: the work directory (`vreloc_jax.workdir`), local or on cloud storage.
+    stop: signal handlers the caller installed earlier (so that a signal during its
+      own start-up counts too); by default they are installed here.
 
   Returns:
     The test results of the checkpoint ``config.eval.select`` chooses.
@@ -633,14 +575,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     FloatingPointError: a step's loss, gradient norm or state was not finite.
     ValueError: bad configuration or data, or a work directory of another run.
   """
-  with StopSignals() as stop:
+  if stop is not None:
     return _train_and_evaluate(config, workdir, stop)
+  with StopSignals() as own:
+    return _train_and_evaluate(config, workdir, own)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         stop: StopSignals) -> dict[str, Any]:
   """`train_and_evaluate`, polling ``stop`` after every step and between phases."""
-  os.makedirs(workdir, exist_ok=True)
+  storage.make_dirs(workdir)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh)
@@ -652,7 +596,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.train.checkpoint_every < 1:
     raise ValueError(f"train.checkpoint_every must be >= 1, got {config.train.checkpoint_every}")
   bench = load_benchmark(config)
-  save_config(config, workdir, bench.data_dir)
+  workdir_lib.save_config(config, workdir, bench.data_dir)
   logging.info("Data: %s (features %s, dim %d); %s; %d devices, %d processes.", bench.data_dir,
                bench.features_path, bench.feature_dim,
                ", ".join(f"{k} {len(v)}" for k, v in bench.entries.items()), mesh.size,
@@ -681,7 +625,7 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
   step_rng = sharding.replicate(jax.random.key_data(step_rng), mesh)
 
   batches = make_train_batches(config, bench)
-  writer = MetricsWriter(workdir)
+  writer = workdir_lib.MetricsWriter(workdir)
   num_steps = config.train.num_steps
   first_step = int(state["step"])
   writer.truncate_after(first_step)
@@ -731,9 +675,8 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
     _stop_if_signalled(stop, num_steps)
     step = checkpoints.resolve_step(manager, which)
     state = checkpoints.restore(manager, step, runner.abstract_state())
-    name = "test.json" if which == config.eval.select else f"test_{which}.json"
     results = evaluate(runner, state["params"], bench, "test",
-                       os.path.join(workdir, "results", name),
+                       workdir_lib.test_results_file(workdir, which, config.eval.select),
                        {"checkpoint_step": step, "selection": which, "config": config.supervision,
                         "variant": config.variant, "inference": config.eval.inference})
     test = test or results
@@ -741,7 +684,8 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
   _stop_if_signalled(stop, num_steps)
   baselines = baseline_rows(config, bench, "test")
   if jax.process_index() == 0:
-    metrics.atomic_write_json(os.path.join(workdir, "results", "baselines_test.json"), baselines)
+    storage.write_json(workdir_lib.results_file(workdir, workdir_lib.BASELINES_NAME),
+                       baselines)
   table = metrics.format_table({**baselines, **rows},
                                title=f"test split, {len(bench.pairs['test'])} pairs "
                                f"({bench.data_dir})")

@@ -22,6 +22,7 @@ from typing import Iterable, Protocol
 import h5py
 import numpy as np
 
+from vreloc_jax import storage
 from vreloc_jax.data.splits import Entry
 
 HDF5_DATASET = "c3d_features"
@@ -49,13 +50,18 @@ class Hdf5Source:
   def __init__(self, path: str):
     self.path = path
     self._file: h5py.File | None = None
+    self._handle = None  # The file object h5py reads a cloud object through.
     self._lock = threading.Lock()
 
   def _dataset(self, video_id: str) -> h5py.Dataset:
     with self._lock:
       if self._file is None:
         try:
-          self._file = h5py.File(self.path, "r")
+          if storage.is_local(self.path):
+            self._file = h5py.File(self.path, "r")
+          else:
+            self._handle = storage.open_binary(self.path)
+            self._file = h5py.File(self._handle, "r")
         except OSError as e:
           raise ValueError(f"feature file {self.path} is unreadable: {e}") from e
     group = f"v_{video_id}"
@@ -89,6 +95,9 @@ class Hdf5Source:
       if self._file is not None:
         self._file.close()
         self._file = None
+      if self._handle is not None:
+        self._handle.close()
+        self._handle = None
 
 
 class NpyDirSource:
@@ -98,11 +107,15 @@ class NpyDirSource:
     self.path = path
 
   def _array(self, video_id: str) -> np.ndarray:
-    file = os.path.join(self.path, f"v_{video_id}.npy")
-    if not os.path.isfile(file):
+    file = storage.join(self.path, f"v_{video_id}.npy")
+    if not storage.is_file(file):
       raise ValueError(f"{self.path}: video v_{video_id} is missing (no {file})")
     try:
-      array = np.load(file, mmap_mode="r", allow_pickle=False)
+      if storage.is_local(file):
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+      else:
+        with storage.open_binary(file) as f:
+          array = np.load(f, allow_pickle=False)
     except (OSError, ValueError) as e:
       raise ValueError(f"{file}: video v_{video_id} is unreadable: {e}") from e
     if array.ndim != 2:
@@ -128,11 +141,11 @@ def find_features(data_dir: str) -> str:
   Raises:
     ValueError: neither exists.
   """
-  hdf5 = os.path.join(data_dir, DEFAULT_HDF5_NAME)
-  if os.path.isfile(hdf5):
+  hdf5 = storage.join(data_dir, DEFAULT_HDF5_NAME)
+  if storage.is_file(hdf5):
     return hdf5
-  npy = os.path.join(data_dir, DEFAULT_NPY_DIR)
-  if os.path.isdir(npy):
+  npy = storage.join(data_dir, DEFAULT_NPY_DIR)
+  if storage.is_dir(npy):
     return npy
   raise ValueError(
       f"no features found in {data_dir}: expected {DEFAULT_HDF5_NAME} or a '{DEFAULT_NPY_DIR}/' "
@@ -226,10 +239,10 @@ def open_features(path: str | os.PathLike[str], expected_dim: int | None = None)
     ValueError: the path does not exist or is of neither form.
   """
   path = os.fspath(path)
-  if os.path.isdir(path):
+  if storage.is_dir(path):
     return FeatureStore(NpyDirSource(path), expected_dim)
-  if os.path.isfile(path):
-    if not path.endswith(HDF5_SUFFIXES) and not h5py.is_hdf5(path):
+  if storage.is_file(path):
+    if not path.endswith(HDF5_SUFFIXES) and not (storage.is_local(path) and h5py.is_hdf5(path)):
       raise ValueError(f"feature file {path} is not an HDF5 file")
     return FeatureStore(Hdf5Source(path), expected_dim)
   raise ValueError(f"features {path} do not exist (expected an HDF5 file or a directory of .npy)")

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vreloc_jax import metrics
+from vreloc_jax import storage
 from vreloc_jax.data.splits import Entry
 
 PAIRS_FORMAT = "vreloc_jax.eval_pairs/1"
@@ -123,8 +123,7 @@ def example_from_pair(pair: Pair) -> Example:
 
 
 def file_sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+  return hashlib.sha256(storage.as_path(path).read_bytes()).hexdigest()
 
 
 def _pairs_to_json(split: str, split_sha: str, seed: int, pairs: Sequence[Pair]) -> dict:
@@ -157,12 +156,18 @@ def _pairs_from_json(raw: dict, entries: Sequence[Entry], path: str) -> list[Pai
 
 
 def _default_pair_file(split_file: str, split: str, split_sha: str, seed: int) -> str:
-  """Where a split's pair file lives: packaged (the real benchmark), else beside the split."""
+  """Where a split's pair file lives: packaged (the real benchmark), else beside the split.
+
+  Beside the split when it is there already or the directory is a writable local
+  one; else (a read-only directory, cloud storage) in the local cache.
+  """
   packaged = os.path.join(PACKAGED_DIR, f"{split_sha[:16]}_seed{seed}_{split}.json")
   if os.path.isfile(packaged):
     return packaged
-  beside = os.path.join(os.path.dirname(os.path.abspath(split_file)), f"{split}_pairs_seed{seed}.json")
-  if os.path.isfile(beside) or os.access(os.path.dirname(beside), os.W_OK):
+  beside = storage.join(storage.as_path(storage.absolute(split_file)).parent,
+                        f"{split}_pairs_seed{seed}.json")
+  if storage.is_file(beside) or (storage.is_local(beside) and
+                                 os.access(os.path.dirname(beside), os.W_OK)):
     return beside
   cache = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
   return os.path.join(cache, "vreloc_jax", "eval_pairs", f"{split_sha[:16]}_seed{seed}_{split}.json")
@@ -189,10 +194,9 @@ def load_eval_pairs(split_file: str, entries: Sequence[Entry], split: str, seed:
   """
   split_sha = file_sha256(split_file)
   path = pair_file or _default_pair_file(split_file, split, split_sha, seed)
-  if os.path.isfile(path):
+  if storage.is_file(path):
     try:
-      with open(path, "r", encoding="utf-8") as f:
-        raw = json.load(f)
+      raw = json.loads(storage.read_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
       raise ValueError(f"pair file {path} is unreadable: {e}") from e
     if (not isinstance(raw, dict) or raw.get("format") != PAIRS_FORMAT or
@@ -201,7 +205,7 @@ def load_eval_pairs(split_file: str, entries: Sequence[Entry], split: str, seed:
                        f"(split SHA-256 {split_sha[:16]}…); delete it or pass the right split")
     return _pairs_from_json(raw, entries, path), path
   pairs = eval_pairs(entries, seed)
-  metrics.atomic_write_json(path, _pairs_to_json(split, split_sha, seed, pairs))
+  storage.write_json(path, _pairs_to_json(split, split_sha, seed, pairs))
   return pairs, path
 
 

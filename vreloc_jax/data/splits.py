@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any, Sequence
 
+from vreloc_jax import storage
+
 SPLITS = ("train", "val", "test")
 
 
@@ -118,11 +120,10 @@ def load_split(path: str | os.PathLike[str]) -> list[Entry]:
       list, or holds an invalid entry (the message names it).
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not storage.is_file(path):
     raise ValueError(f"split file {path} does not exist")
   try:
-    with open(path, "r", encoding="utf-8") as f:
-      raw = json.load(f)
+    raw = json.loads(storage.read_text(path))
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"split file {path} is unreadable: {e}") from e
   if not isinstance(raw, list) or not raw:
@@ -134,15 +135,14 @@ def split_path(data_dir: str | os.PathLike[str], split: str) -> str:
   """Path of a split's JSON file inside a benchmark directory."""
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-  return os.path.join(os.fspath(data_dir), f"{split}.json")
+  return storage.join(data_dir, f"{split}.json")
 
 
 def load_lengths(path: str | os.PathLike[str]) -> dict[str, int]:
   """Reads ``length.json``: video id → number of features (``n_feat``)."""
   path = os.fspath(path)
   try:
-    with open(path, "r", encoding="utf-8") as f:
-      raw = json.load(f)
+    raw = json.loads(storage.read_text(path))
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"length file {path} is unreadable: {e}") from e
   if not isinstance(raw, dict):

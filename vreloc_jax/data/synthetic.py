@@ -85,6 +85,7 @@ from absl import flags
 import h5py
 import numpy as np
 
+from vreloc_jax import storage
 from vreloc_jax.data import directory
 
 VERSION = 3
@@ -743,15 +744,13 @@ def measure_statistics(data_dir: str) -> dict[str, Any]:
     chances of an unlisted instance ``p_hidden_before`` / ``_between`` /
     ``_after``.
   """
-  with open(os.path.join(data_dir, "length.json"), "r", encoding="utf-8") as f:
-    n_feat = {k: v["n_feat"] for k, v in json.load(f).items()}
+  n_feat = {k: v["n_feat"] for k, v in storage.read_json(storage.join(data_dir, "length.json")).items()}
   out: dict[str, Any] = {"splits": {}}
   windows, segs, starts, ends, per_video = [], [], [], [], []
   gaps, leads, trails = [], [], []
   hidden = {"before": [0, 0], "between": [0, 0], "after": [0, 0]}
   for split in SPLITS:
-    with open(os.path.join(data_dir, f"{split}.json"), "r", encoding="utf-8") as f:
-      raw = json.load(f)
+    raw = storage.read_json(storage.join(data_dir, f"{split}.json"))
     by_video = collections.defaultdict(list)
     for e in raw:
       by_video[e["id"]].append(e)
@@ -825,11 +824,10 @@ def class_subspace_projector(data_dir: str) -> np.ndarray:
   keeps the class trajectories and contexts and the noise in that subspace, and drops the
   appearance, background and the rest of the noise.
   """
-  manifest_path = os.path.join(data_dir, MANIFEST_NAME)
-  if not os.path.isfile(manifest_path):
+  manifest_path = storage.join(data_dir, MANIFEST_NAME)
+  if not storage.is_file(manifest_path):
     raise ValueError(f"{data_dir} has no {MANIFEST_NAME}: not a synthetic benchmark")
-  with open(manifest_path, "r", encoding="utf-8") as f:
-    manifest = json.load(f)
+  manifest = storage.read_json(manifest_path)
   if manifest.get("version") != VERSION:
     raise ValueError(f"{manifest_path}: version {manifest.get('version')}, expected {VERSION}")
   raw = dict(manifest["params"])

@@ -1,0 +1,151 @@
+"""The layout of a work directory, and its small files: the one place that knows them.
+
+A work directory (local, or ``gs://…`` through `vreloc_jax.storage`) holds:
+
+  config.json            the resolved configuration (`save_config`, `load_config`)
+  metrics.jsonl          one JSON record per log line and per evaluation (process 0;
+                         `MetricsWriter`); appended line by line, and a resumed run first
+                         drops the records after its checkpoint (and a line a kill cut short)
+  checkpoints/<step>/    orbax checkpoints (`vreloc_jax.checkpoints`), saved every
+                         ``train.checkpoint_every`` steps, at every evaluation (with the val
+                         metrics), at the last step and when a signal stops the run
+  results/               val_step<k>.json (+ .predictions.json) per evaluation,
+                         test.json (+ predictions) of the selected checkpoint,
+                         test_<selection>.json beside it when that is not "best",
+                         baselines_test.json (the training-free rows), and what
+                         ``vreloc_jax.evaluate`` writes
+
+Every file is written whole (`storage.write_text`), or for metrics.jsonl appended a
+line at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import ml_collections
+
+from vreloc_jax import storage
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+RESULTS_DIR = "results"
+CHECKPOINTS_DIR = "checkpoints"
+BASELINES_NAME = "baselines_test.json"
+
+# Fields a rerun may change and still resume the same run (length, logging, evaluation).
+RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every",
+                    "train.checkpoint_every", "train.keep_checkpoints", "eval.batch_size",
+                    "eval.baselines", "eval.select")
+
+
+def config_file(workdir: str) -> str:
+  return storage.join(workdir, CONFIG_NAME)
+
+
+def metrics_file(workdir: str) -> str:
+  return storage.join(workdir, METRICS_NAME)
+
+
+def checkpoints_dir(workdir: str) -> str:
+  """Where orbax keeps the checkpoints (absolute when local)."""
+  return storage.absolute(storage.join(workdir, CHECKPOINTS_DIR))
+
+
+def results_file(workdir: str, name: str) -> str:
+  """``W/results/<name>``."""
+  return storage.join(workdir, RESULTS_DIR, name)
+
+
+def val_results_file(workdir: str, step: int) -> str:
+  """The val results of the evaluation at ``step``."""
+  return results_file(workdir, f"val_step{step}.json")
+
+
+def test_results_file(workdir: str, selection: str, run_selection: str) -> str:
+  """The test results of a selection: test.json for the run's own, test_<selection>.json else."""
+  return results_file(workdir, "test.json" if selection == run_selection else
+                      f"test_{selection}.json")
+
+
+def evaluation_file(workdir: str, split: str, step: int, inference: str | None = None) -> str:
+  """What ``vreloc_jax.evaluate`` writes for a checkpoint (and another inference rule)."""
+  suffix = f"_{inference}" if inference else ""
+  return results_file(workdir, f"{split}_step{step}{suffix}.json")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, data_dir: str) -> None:
+  """Writes W/config.json (with the resolved data directory) after checking a resume.
+
+  Raises:
+    ValueError: W already holds checkpoints of a run with another configuration or
+      other data (outside `RESUMABLE_FIELDS`); resuming it would mix two runs.
+  """
+  record = json.loads(config.to_json())
+  record["data"]["resolved_dir"] = storage.absolute(data_dir)
+  path = config_file(workdir)
+  if storage.is_file(path) and storage.list_names(storage.join(workdir, CHECKPOINTS_DIR)):
+    old, new = _flatten(storage.read_json(path)), _flatten(record)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and k.rstrip(".") not in RESUMABLE_FIELDS)
+    if changed:
+      raise ValueError(
+          f"{workdir} holds checkpoints of a different run; it differs in "
+          + ", ".join(f"{k.rstrip('.')} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:5])
+          + (" …" if len(changed) > 5 else "") + ". Rerun with the same configuration to "
+          "resume it, or choose a new --workdir.")
+  if jax.process_index() == 0:
+    storage.write_json(path, record)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The configuration a work directory was trained with.
+
+  Raises:
+    ValueError: ``workdir`` has no (readable) config.json.
+  """
+  path = config_file(workdir)
+  if not storage.is_file(path):
+    raise ValueError(f"{workdir} is not a vreloc_jax work directory (no {CONFIG_NAME})")
+  return ml_collections.ConfigDict(storage.read_json(path))
+
+
+class MetricsWriter:
+  """JSON lines in ``W/metrics.jsonl``; only process 0 writes."""
+
+  def __init__(self, workdir: str):
+    self.path = metrics_file(workdir)
+    self.enabled = jax.process_index() == 0
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records of steps after `step`: a resumed run logs them again.
+
+    An interrupted run may have logged past its last checkpoint; without this the
+    resumed run's records of those steps would follow them as duplicates.
+    """
+    if not self.enabled or not storage.is_file(self.path):
+      return
+    lines = storage.read_text(self.path).splitlines(keepends=True)
+    kept = []
+    for line in lines:
+      try:
+        record_step = json.loads(line).get("step", 0)
+      except json.JSONDecodeError:  # A line cut short by the interruption.
+        continue
+      if record_step <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+      storage.write_text(self.path, "".join(kept))
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self.enabled:
+      storage.append_text(self.path, json.dumps(record) + "\n")
+
