@@ -138,8 +138,21 @@ def restore(mgr: ocp.CheckpointManager, which: str | int, target: Any) -> Any | 
 
   Returns:
     The state, or None if ``which`` is "latest" and nothing was saved yet.
+
+  Raises:
+    ValueError: no such checkpoint, or its shapes differ from ``target``'s.
   """
   if which == "latest" and mgr.latest_step() is None:
     return None
   step = resolve_step(mgr, which)
-  return mgr.restore(step, args=ocp.args.StandardRestore(target))
+  try:
+    return mgr.restore(step, args=ocp.args.StandardRestore(target))
+  except ValueError as e:
+    if "shape" not in str(e):
+      raise
+    reason = str(e).split(". ")[0]
+    raise ValueError(
+        f"the checkpoint of step {step} in {mgr.directory} does not fit the model it is "
+        f"restored into ({reason}): it was saved by a run on data of another feature "
+        "dimension or with another model configuration; use the data and configuration it "
+        "was trained with (its work directory's config.json)") from None

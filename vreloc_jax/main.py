@@ -30,6 +30,33 @@ config_flags.DEFINE_config_file("config", None, "Training configuration (a confi
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a one-line error for a config field that does not exist."""
+  try:
+    argv = FLAGS(argv)
+    FLAGS.config.keys()  # ml_collections reports a config file it could not load only here.
+    return argv
+  except OSError as e:
+    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    raise SystemExit(f"vreloc_jax.main: error: cannot load the --config file: {reason}") from None
+  except flags.Error as e:  # A bad value, a missing required flag, an unknown flag.
+    raise SystemExit(f"vreloc_jax.main: error: {e}") from None
+  except (AttributeError, KeyError) as e:  # ml_collections, for --config.<unknown>=…
+    field = next((a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")
+                  and not _config_has(a.split("=", 1)[0][len("--config."):])), None)
+    raise SystemExit(f"vreloc_jax.main: error: unknown config field {field or e} "
+                     "(see the configs/*.py file given with --config for the fields)") from None
+
+
+def _config_has(path: str) -> bool:
+  node = FLAGS["config"].value
+  for part in path.split("."):
+    if node is None or not hasattr(node, "keys") or part not in node.keys():
+      return False
+    node = node[part]
+  return True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
@@ -50,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
