@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.search_form = "benchmark"  # Full inference score: "benchmark" (Feng et al.) or "paper" (eq. 20).
   ev.baselines = ("random", "stat_prior", "frame_level")  # Rows printed beside the model's.
   ev.select = "best"  # Tested checkpoint: best (val mAP) | latest | min_loss_c (val loss_c).
+  ev.plot_pairs = 4  # Fixed val pairs drawn at every evaluation into W/plots/ (0: none).
   return config
 
 
@@ -135,6 +136,7 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.loss.mask_after_steps = 3
       config.eval.batch_size = 32
       config.eval.baselines = ("stat_prior",)
+      config.eval.plot_pairs = 1
       config.model.hidden_dim = 16
       config.model.head_dim = 4
       config.model.lstm_dim = 16

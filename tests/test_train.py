@@ -76,6 +76,17 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
   assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
   assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
   assert [r["step"] for r in records if "val_mAP_avg" in r] == [2, 4]
+  # The same curves in TensorBoard, and the fixed val pair's figure at each evaluation.
+  scalars = _tensorboard_scalars(os.path.join(straight, "tensorboard"))
+  assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+  assert [v for _, v in scalars["train/loss"]] == pytest.approx(
+      [r["loss"] for r in records if "loss" in r])
+  assert [s for s, _ in scalars["val/mAP_avg"]] == [2, 4] and "val/mAP_0.5" in scalars
+  assert {"train/loss_c", "train/grad_norm", "val/loss_c"} <= set(scalars)
+  for step in (2, 4):
+    (png,) = os.listdir(os.path.join(straight, "plots", f"step{step}"))
+    with open(os.path.join(straight, "plots", f"step{step}", png), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
   # Interrupted after 2 steps, then the same command again: the same trajectory.
   resumed = str(tmp_path / "resumed")
@@ -107,6 +118,22 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
   assert again["checkpoint_step"] == results["checkpoint_step"]
   with pytest.raises(ValueError, match="no checkpoint for step 3"):
     evaluate.evaluate_checkpoint(straight, "3", "test")
+
+
+def _tensorboard_scalars(directory: str) -> dict[str, list[tuple[int, float]]]:
+  """The scalars of the TensorBoard event files in ``directory``: tag -> [(step, value)]."""
+  from tensorboardX.proto import event_pb2
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for name in sorted(os.listdir(directory)):
+    data = open(os.path.join(directory, name), "rb").read()
+    offset = 0
+    while offset < len(data):  # TFRecord framing: length, its CRC, the record, its CRC.
+      length = int.from_bytes(data[offset:offset + 8], "little")
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
 
 
 def test_non_finite_loss_names_the_step(data_dir, tmp_path):

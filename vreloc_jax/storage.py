@@ -93,20 +93,20 @@ def open_binary(path: PathLike) -> BinaryIO:
   return as_path(path).open("rb")
 
 
-def write_text(path: PathLike, text: str) -> None:
-  """Writes a text file whole: the old content or the new one, never a mix."""
+def write_bytes(path: PathLike, data: bytes) -> None:
+  """Writes a file whole: the old content or the new one, never a mix."""
   if not is_local(path):
     target = as_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")  # An object appears when its upload completes.
+    target.write_bytes(data)  # An object appears when its upload completes.
     return
   path = os.path.abspath(os.fspath(path))
   directory = os.path.dirname(path)
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the file private.
@@ -115,6 +115,11 @@ def write_text(path: PathLike, text: str) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_text(path: PathLike, text: str) -> None:
+  """Writes a text file whole (`write_bytes`, UTF-8)."""
+  write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: PathLike, obj: Any, indent: int | None = 1) -> None:

@@ -33,7 +33,7 @@ import signal
 import threading
 import time
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -288,7 +288,9 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
     ``segments``: the predicted ``[s, e)``, int32 [batch, 2];
     ``loss_c``: the co-attention loss of each example with the action and
     background masks of its predicted segment (the criterion weak training
-    minimizes once masks are on; it reads no annotation), float32 [batch].
+    minimizes once masks are on; it reads no annotation), float32 [batch];
+    ``probs``: float32 [batch, len_ref, 4] and ``attention``: float32
+    [batch, len_ref, heads] H^matt, for figures (`vreloc_jax.figures`).
   """
   TRACE_COUNTS["eval_step"] += 1
   out = model.apply({"params": params}, batch["query"], batch["query_mask"], batch["reference"],
@@ -298,7 +300,8 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
       batch["query"], batch["query_mask"], batch["reference"], batch["reference_mask"],
       out["probs"], config.loss.alpha,
       action_mask=losses.segment_mask(predicted, batch["reference_mask"].shape[1]))  # [batch]
-  return {"segments": predicted, "loss_c": loss_c}
+  return {"segments": predicted, "loss_c": loss_c, "probs": out["probs"],
+          "attention": out["attention"]}
 
 
 def leaves_finite(tree: Any) -> Any:
@@ -333,13 +336,26 @@ class Runner:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                         shapes)
 
-  def predict(self, params: Any, pairs: list[pairs_lib.Pair], store: FeatureStore
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted ``[s, e)`` for every pair, int [num_pairs, 2], and each one's `loss_c`."""
+  def predict(self, params: Any, pairs: list[pairs_lib.Pair], store: FeatureStore,
+              keep: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, dict[int, Any]]:
+    """Predicts every pair.
+
+    Args:
+      params: the model's parameters.
+      pairs: the pairs, in any order.
+      store: their features.
+      keep: indices of pairs whose per-step outputs are returned too.
+
+    Returns:
+      ``[s, e)`` of every pair, int [num_pairs, 2]; each one's `loss_c`, float
+      [num_pairs]; and for each index in ``keep`` its outputs over the valid
+      reference steps: ``{"probs": [len_ref, 4], "attention": [len_ref, heads]}``.
+    """
     config = self.config
     sharding.check_batch_size(config.eval.batch_size, self.mesh)
     predicted = np.zeros((len(pairs), 2), np.int64)
     loss_c = np.zeros((len(pairs),), np.float64)
+    kept: dict[int, Any] = {}
     for indices, local in batching.eval_batches(
         pairs, store, config.eval.batch_size, config.data.query_buckets,
         config.data.reference_buckets, jax.process_index(), jax.process_count()):
@@ -347,23 +363,51 @@ class Runner:
       real = indices >= 0
       predicted[indices[real]] = np.asarray(out["segments"])[real]
       loss_c[indices[real]] = np.asarray(out["loss_c"])[real]
-    return predicted, loss_c
+      for row in np.nonzero(np.isin(indices, list(keep)))[0]:
+        length = pairs[indices[row]].reference.window_length
+        kept[int(indices[row])] = {"probs": np.asarray(out["probs"][row, :length]),
+                                   "attention": np.asarray(out["attention"][row, :length])}
+    return predicted, loss_c, kept
+
+
+def plotted_pairs(num_pairs: int, count: int) -> list[int]:
+  """The fixed pairs drawn at every evaluation: ``count`` evenly spaced indices."""
+  count = min(count, num_pairs)
+  return sorted({int(i) for i in np.linspace(0, num_pairs - 1, count).round()}) if count else []
 
 
 def evaluate(runner: Runner, params: Any, bench: Benchmark, split: str,
-             results_path: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             results_path: str | None, extra: dict[str, Any] | None = None,
+             plot_dir: str | None = None) -> dict[str, Any]:
   """Scores a model on a split's fixed pairs; process 0 writes the files.
 
   The results hold, besides the mAPs, ``loss_c``: the mean co-attention loss of
   the predictions (`eval_step`), an annotation-free measure of their quality.
+  With ``plot_dir``, the figures of ``eval.plot_pairs`` fixed pairs
+  (`plotted_pairs`) are drawn there (`vreloc_jax.figures`).
   """
-  predicted, loss_c = runner.predict(params, bench.pairs[split], bench.store)
+  pairs = bench.pairs[split]
+  keep = plotted_pairs(len(pairs), runner.config.eval.get("plot_pairs", 0)) if plot_dir else []
+  predicted, loss_c, kept = runner.predict(params, pairs, bench.store, keep=keep)
   if jax.process_index() != 0:
     results_path = None
-  return metrics.evaluate_predictions(
-      split, bench.pairs[split], predicted, results_path,
+  results = metrics.evaluate_predictions(
+      split, pairs, predicted, results_path,
       extra={"pair_file": bench.pair_files[split], "loss_c": float(loss_c.mean()),
              **(extra or {})})
+  if kept and jax.process_index() == 0:
+    from vreloc_jax import figures  # Imported lazily: only figures need matplotlib.
+    ious = metrics.iou(predicted, np.array([p.reference.segment for p in pairs]))
+    for index, outputs in kept.items():
+      pair = pairs[index]
+      figures.plot_pair(
+          storage.join(plot_dir, f"{split}_pair{index}.png"), outputs["probs"],
+          predicted[index], groundtruth=pair.reference.segment,
+          attention=outputs["attention"], groups=runner.config.model.attention_groups,
+          title=f"{split} pair {index}: query {pair.query.describe()}, reference "
+                f"{pair.reference.describe()}; IoU {ious[index]:.2f}"
+                + (f"; step {extra['step']}" if extra and "step" in extra else ""))
+  return results
 
 
 def make_train_batches(config: ml_collections.ConfigDict, bench: Benchmark
@@ -541,7 +585,8 @@ def _evaluate_and_save(runner: Runner, bench: Benchmark, manager: Any,
   """
   try:
     val = evaluate(runner, state["params"], bench, "val",
-                   workdir_lib.val_results_file(workdir, step), {"step": step})
+                   workdir_lib.val_results_file(workdir, step), {"step": step},
+                   plot_dir=workdir_lib.plots_dir(workdir, step))
   except Exception:
     logging.error("Val evaluation of step %d failed; saving its checkpoint without val metrics.",
                   step)
@@ -606,14 +651,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   manager = checkpoints.manager(workdir, config.train.keep_checkpoints)
+  writer = workdir_lib.MetricsWriter(workdir)
   try:
-    return _train_then_test(config, workdir, stop, bench, runner, manager, init_rng, step_rng)
+    return _train_then_test(config, workdir, stop, bench, runner, manager, writer, init_rng,
+                            step_rng)
   finally:
+    writer.close()
     manager.close()
 
 
 def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: StopSignals,
-                     bench: Benchmark, runner: Runner, manager: Any, init_rng: jax.Array,
+                     bench: Benchmark, runner: Runner, manager: Any,
+                     writer: workdir_lib.MetricsWriter, init_rng: jax.Array,
                      step_rng: jax.Array) -> dict[str, Any]:
   """The training loop from the latest checkpoint, then the test evaluation."""
   mesh = runner.mesh
@@ -625,7 +674,6 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
   step_rng = sharding.replicate(jax.random.key_data(step_rng), mesh)
 
   batches = make_train_batches(config, bench)
-  writer = workdir_lib.MetricsWriter(workdir)
   num_steps = config.train.num_steps
   first_step = int(state["step"])
   writer.truncate_after(first_step)

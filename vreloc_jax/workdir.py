@@ -6,6 +6,10 @@ A work directory (local, or ``gs://…`` through `vreloc_jax.storage`) holds:
   metrics.jsonl          one JSON record per log line and per evaluation (process 0;
                          `MetricsWriter`); appended line by line, and a resumed run first
                          drops the records after its checkpoint (and a line a kill cut short)
+  tensorboard/           the same learning curves as TensorBoard event files
+                         (``tensorboard --logdir W/tensorboard``)
+  plots/step<k>/         figures of ``eval.plot_pairs`` fixed val pairs at each evaluation
+                         (`vreloc_jax.figures`: timeline, p_start/p_end/p_inside, attention)
   checkpoints/<step>/    orbax checkpoints (`vreloc_jax.checkpoints`), saved every
                          ``train.checkpoint_every`` steps, at every evaluation (with the val
                          metrics), at the last step and when a signal stops the run
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 
@@ -33,12 +38,14 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 RESULTS_DIR = "results"
 CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+PLOTS_DIR = "plots"
 BASELINES_NAME = "baselines_test.json"
 
 # Fields a rerun may change and still resume the same run (length, logging, evaluation).
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every",
                     "train.checkpoint_every", "train.keep_checkpoints", "eval.batch_size",
-                    "eval.baselines", "eval.select")
+                    "eval.baselines", "eval.select", "eval.plot_pairs")
 
 
 def config_file(workdir: str) -> str:
@@ -68,6 +75,11 @@ def test_results_file(workdir: str, selection: str, run_selection: str) -> str:
   """The test results of a selection: test.json for the run's own, test_<selection>.json else."""
   return results_file(workdir, "test.json" if selection == run_selection else
                       f"test_{selection}.json")
+
+
+def plots_dir(workdir: str, step: int) -> str:
+  """Where the figures of the evaluation at ``step`` go: ``W/plots/step<k>/``."""
+  return storage.join(workdir, PLOTS_DIR, f"step{step}")
 
 
 def evaluation_file(workdir: str, split: str, step: int, inference: str | None = None) -> str:
@@ -119,19 +131,36 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 class MetricsWriter:
-  """JSON lines in ``W/metrics.jsonl``; only process 0 writes."""
+  """Learning curves: JSON lines in ``W/metrics.jsonl`` and TensorBoard events in ``W/tensorboard``.
 
-  def __init__(self, workdir: str):
+  Only process 0 writes. Every numeric field of a record except ``step`` becomes a
+  TensorBoard scalar at that step: ``val_…`` fields under ``val/`` (``val/mAP_avg``,
+  ``val/mAP_0.5`` for ``val_mAP@0.5``, ``val/loss_c``), the others under ``train/`` (``train/loss``,
+  ``train/loss_c``, ``train/grad_norm``, ``train/learning_rate``,
+  ``train/steps_per_second``). Watch a run live with
+  ``tensorboard --logdir W/tensorboard``. The events are written by tensorboardX (no
+  TensorFlow needed), flushed at every evaluation and when the writer closes; on
+  ``gs://`` it needs ``google-cloud-storage`` (without it: a warning, no events).
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
     self.path = metrics_file(workdir)
     self.enabled = jax.process_index() == 0
+    self._tensorboard_dir = storage.join(workdir, TENSORBOARD_DIR) if tensorboard else None
+    self._events = None  # The tensorboardX writer, opened at the first record.
+    self._purge_step: int | None = None
 
   def truncate_after(self, step: int) -> None:
     """Drops records of steps after `step`: a resumed run logs them again.
 
     An interrupted run may have logged past its last checkpoint; without this the
-    resumed run's records of those steps would follow them as duplicates.
+    resumed run's records of those steps would follow them as duplicates. TensorBoard
+    is told the same (its events after ``step`` are purged when it reads the new ones).
     """
-    if not self.enabled or not storage.is_file(self.path):
+    if not self.enabled:
+      return
+    self._purge_step = step + 1 if step > 0 else None
+    if not storage.is_file(self.path):
       return
     lines = storage.read_text(self.path).splitlines(keepends=True)
     kept = []
@@ -146,6 +175,31 @@ class MetricsWriter:
       storage.write_text(self.path, "".join(kept))
 
   def write(self, record: dict[str, Any]) -> None:
-    if self.enabled:
-      storage.append_text(self.path, json.dumps(record) + "\n")
+    if not self.enabled:
+      return
+    storage.append_text(self.path, json.dumps(record) + "\n")
+    if self._tensorboard_dir is None:
+      return
+    if self._events is None:
+      from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes events.
+      try:
+        self._events = SummaryWriter(self._tensorboard_dir, purge_step=self._purge_step)
+      except ImportError as e:  # gs:// needs google-cloud-storage, s3:// boto3.
+        logging.warning("No TensorBoard events in %s (%s); metrics.jsonl has the same curves.",
+                        self._tensorboard_dir, e)
+        self._tensorboard_dir = None
+        return
+    step = int(record["step"])
+    for key, value in record.items():
+      if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+        continue
+      tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+      tag = tag.replace("@", "_")  # TensorBoard's tag characters.
+      self._events.add_scalar(tag, value, step)
+    if any(key.startswith("val_") for key in record):
+      self._events.flush()
 
+  def close(self) -> None:
+    if self._events is not None:
+      self._events.close()
+      self._events = None
