@@ -1,6 +1,7 @@
 """Evaluates a saved checkpoint of a work directory on a split's fixed pairs.
 
   python -m vreloc_jax.evaluate --workdir=W --checkpoint=best --split=test
+  python -m vreloc_jax.evaluate --model=DIR --split=test [--output=FILE] [--data_dir=D]
 
 ``--checkpoint`` is ``best`` (by val mAP_avg), ``latest``, ``min_loss_c`` (the
 lowest val co-attention loss: chosen without annotations) or a step number;
@@ -8,6 +9,11 @@ lowest val co-attention loss: chosen without annotations) or a step number;
 ``query_length`` for a run trained with the paper's weak rule).
 Writes ``W/results/<split>_step<k>.json`` and its predictions file (or
 ``--output``) and prints the table row. Works on any number of devices.
+
+``--model`` scores a directory written by ``vreloc_jax.export`` instead, with the
+loader alone (`vreloc_jax.export.evaluate_export`; one device), on the data the run
+used (or ``--data_dir``); with ``--output`` it writes the same results and
+predictions files as a checkpoint's evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from absl import flags
 import jax
 
 from vreloc_jax import checkpoints
+from vreloc_jax import export
 from vreloc_jax import metrics
 from vreloc_jax import sharding
 from vreloc_jax import train
@@ -34,7 +41,13 @@ def define_flags() -> None:
                       "or <split>_step<k>_<inference>.json with --inference).")
   flags.DEFINE_enum("inference", None, list(train.INFERENCES),
                     "Score with this inference rule instead of the run's eval.inference.")
-  flags.mark_flags_as_required(["workdir"])
+  flags.DEFINE_string("model", None, "An export directory (python -m vreloc_jax.export) to "
+                      "score instead of a checkpoint of --workdir.")
+  flags.DEFINE_string("data_dir", None, "With --model: the benchmark directory (default: the "
+                      "one the run used).")
+  flags.register_multi_flags_validator(
+      ["workdir", "model"], lambda f: (f["workdir"] is None) != (f["model"] is None),
+      message="pass exactly one of --workdir and --model")
 
 
 def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
@@ -74,9 +87,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
   try:
-    sharding.start_process()
-    results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output,
-                                  FLAGS.inference)
+    if FLAGS.model:
+      if FLAGS.inference:
+        raise ValueError("--inference cannot change an exported model's rule (it is part of "
+                         "the exported program); export a run with that eval.inference instead")
+      sharding.quiet_library_logs()
+      results = export.evaluate_export(FLAGS.model, FLAGS.split, FLAGS.output, FLAGS.data_dir)
+    else:
+      sharding.start_process()
+      results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output,
+                                    FLAGS.inference)
   except ValueError as e:
     raise SystemExit(f"vreloc_jax.evaluate: error: {e}") from None
   if jax.process_index() == 0:
