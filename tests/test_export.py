@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -330,3 +331,86 @@ def test_loader_errors(run, tmp_path):
   mask[0, 3] = False
   with pytest.raises(ValueError, match="row 0 is not a prefix mask"):
     model.run(q, mask, r[:, :32], np.ones((2, 32), bool))
+
+
+# --- vreloc_jax.localize: an exported model on pairs of one's own choosing ---------------------
+
+
+def _localize_cli(*args: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "vreloc_jax.localize", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_localize_slides_over_a_long_reference_and_reports_the_best_window(run):
+  from vreloc_jax import localize
+  from vreloc_jax.data import features as features_lib
+  model = exported.load(run.out)
+  store = features_lib.open_features(os.path.join(run.data_dir, "feat"))
+  raw = json.load(open(os.path.join(run.data_dir, "test.json")))
+  query_entry, reference_entry = raw[0], raw[1]
+  total = store.source.num_features(reference_entry["id"])
+  assert total > max(model.reference_buckets)  # Longer than the largest bucket: slid over.
+  s, e = query_entry["groundtruth"]
+  query = localize.Span.parse(f"v_{query_entry['id']}:{s}-{e}", "query")
+  result = localize.localize(model, store, query,
+                             localize.Span.parse(reference_entry["id"], "reference"))
+  windows = localize.windows_of(total, max(model.reference_buckets))
+  assert result.windows == len(windows) > 1 and result.window in windows
+  # The reported window's segment is the model's on that window alone, moved to video steps.
+  a, b = result.window
+  alone = model.predict(store.window(query_entry["id"], s, e)[None], [e - s],
+                        store.window(reference_entry["id"], a, b)[None], [b - a])
+  assert tuple(int(v) + a for v in alone["segments"][0]) == result.segment
+  inside = alone["probs"][0, :, 2]
+  assert result.score == pytest.approx(float(inside[slice(*np.subtract(result.segment, a))].mean()))
+  record = result.record(fps=25.0)
+  assert record["frames"] == [16 * v for v in result.segment]
+  assert record["seconds"] == [round(16 * v / 25.0, 3) for v in result.segment]
+  # Every window scored no higher than the reported one.
+  for a2, b2 in windows:
+    other = model.predict(store.window(query_entry["id"], s, e)[None], [e - s],
+                          store.window(reference_entry["id"], a2, b2)[None], [b2 - a2])
+    s2, e2 = other["segments"][0]
+    if e2 > s2:
+      assert other["probs"][0, s2:e2, 2].mean() <= result.score + 1e-6
+  assert localize.windows_of(10, 32) == [(0, 10)]
+  assert localize.windows_of(70, 32) == [(0, 32), (16, 48), (32, 64), (38, 70)]
+
+
+def test_localize_command_line(run, tmp_path):
+  raw = json.load(open(os.path.join(run.data_dir, "test.json")))
+  q, r = raw[0], raw[1]
+  query = f"{q['id']}:{q['groundtruth'][0]}-{q['groundtruth'][1]}"
+  plot = tmp_path / "pair.png"
+  done = _localize_cli(f"--model={run.out}", f"--query={query}",
+                       f"--reference=v_{r['id']}:{r['location'][0]}-{r['location'][1]}",
+                       f"--groundtruth={r['groundtruth'][0]},{r['groundtruth'][1]}",
+                       "--duration=60", f"--plot={plot}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "feature steps, frames [" in done.stdout and "seconds [" in done.stdout
+  assert plot.read_bytes()[:4] == b"\x89PNG"
+  pairs = tmp_path / "pairs.json"
+  pairs.write_text(json.dumps([{"query": query, "reference": r["id"], "fps": 30},
+                               {"query": query, "reference": f"{r['id']}:0-5"}]))
+  out = tmp_path / "out.jsonl"
+  done = _localize_cli(f"--model={run.out}", f"--pairs={pairs}", f"--output={out}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(lines) == 2 and "seconds" in lines[0] and "seconds" not in lines[1]
+  assert 0 <= lines[1]["segment"][0] <= lines[1]["segment"][1] <= 5
+  # Bad pairs: one line naming the pair and what is wrong; nothing written.
+  for request, message in [
+      ({"query": "nope:0-3", "reference": r["id"]}, "pair 0: query: .*v_nope is missing"),
+      ({"query": f"{q['id']}:0-999", "reference": r["id"]}, "ends past the video's"),
+      ({"query": f"{q['id']}:0-20", "reference": r["id"]},
+       "the query has 20 feature steps; this model takes at most 16"),
+      ({"query": f"{q['id']}:5-5", "reference": r["id"]}, r"\[5, 5\) is empty or inverted"),
+  ]:
+    pairs.write_text(json.dumps([request]))
+    bad = tmp_path / "bad.jsonl"
+    done = _localize_cli(f"--model={run.out}", f"--pairs={pairs}", f"--output={bad}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("vreloc_jax.localize: error: ") and re.search(message, last), last
+    assert not bad.exists()

@@ -30,7 +30,8 @@ a complete export or none. An existing non-empty ``--output`` is refused unless
 
 The inference function, ``(params, query f32 [b, lq, D], query_mask bool [b, lq],
 reference f32 [b, lr, D], reference_mask bool [b, lr]) -> {"segments": i32 [b, 2],
-"probs": f32 [b, lr, 4], "loss_c": f32 [b]}``, is `train.eval_step` itself: the
+"probs": f32 [b, lr, 4], "loss_c": f32 [b], "attention": f32 [b, lr, heads]}``, is
+`train.eval_step` itself: the
 model, `train.predict_segments` by the run's ``eval.inference``, and the
 co-attention loss of the predicted segment.
 
@@ -145,6 +146,9 @@ SIGNATURE = {
         {"name": "loss_c", "dtype": "float32", "shape": "[batch]",
          "what": "co-attention loss of each prediction (eqs. 13-18, masks of the predicted "
                  "segment); reads no annotation"},
+        {"name": "attention", "dtype": "float32", "shape": "[batch, len_ref, heads]",
+         "what": "the multiscale attention H^matt of each reference step (heads: the "
+                 "config's model.attention_groups; none for a query-blind model)"},
     ],
     "batch": "any batch size >= 1",
     "lengths": "padded lengths in the programs' ranges; predict() pads to the run's buckets",
@@ -248,8 +252,7 @@ def _constraints(name: str, length_range: tuple[int, int | None]) -> tuple[str, 
 def inference_function(model: Any, config: Any):
   """``(params_flat, query, query_mask, reference, reference_mask) -> outputs``: see SIGNATURE.
 
-  `train.eval_step` itself, on a batch built from the masks; its segments, loss_c and
-  probs are kept (the probabilities are recomputed only for an eval_step without them).
+  `train.eval_step` itself, on a batch built from the masks.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from vreloc_jax import train  # pylint: disable=g-import-not-at-top
@@ -261,12 +264,10 @@ def inference_function(model: Any, config: Any):
              "reference": reference, "reference_mask": reference_mask,
              "reference_length": reference_mask.sum(axis=1).astype(jnp.int32)}  # [batch]
     out = train.eval_step(params, batch, model=model, config=config)
-    probs = out.get("probs")  # [batch, len_ref, 4]
-    if probs is None:
-      probs = model.apply({"params": params}, query, query_mask, reference, reference_mask,
-                          deterministic=True)["probs"]
-    return {"segments": out["segments"].astype(jnp.int32), "probs": probs,
-            "loss_c": out["loss_c"]}  # [batch, 2], [batch, len_ref, 4], [batch]
+    return {"segments": out["segments"].astype(jnp.int32),  # [batch, 2]
+            "probs": out["probs"],  # [batch, len_ref, 4]
+            "loss_c": out["loss_c"],  # [batch]
+            "attention": out["attention"].astype(jnp.float32)}  # [batch, len_ref, heads]
 
   return infer
 

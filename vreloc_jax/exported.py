@@ -157,7 +157,8 @@ class ExportedModel:
       ``probs``: float32 [batch, len_ref, 4], per-step probabilities of (start, end,
       inside, outside), 0.25 each at padded steps; ``loss_c``: float32 [batch], the
       co-attention loss of each prediction (eqs. 13-18 with the masks of the
-      predicted segment; lower is better; it reads no annotation).
+      predicted segment; lower is better; it reads no annotation); ``attention``:
+      float32 [batch, len_ref, heads], the multiscale attention H^matt.
 
     Raises:
       ValueError: shapes, dtypes or masks that do not fit the model or its programs.
@@ -195,7 +196,8 @@ class ExportedModel:
       ``segments``: int32 [batch, 2], ``[s, e)`` relative to the start of each
       reference (end exclusive); ``probs``: float32 [batch, len_ref, 4] (aligned with
       ``reference``; 0.25 each at steps past a reference's length); ``loss_c``:
-      float32 [batch] (see `run`).
+      float32 [batch] (see `run`); ``attention``: float32 [batch, len_ref, heads],
+      H^matt (0 past a reference's length).
 
     Raises:
       ValueError: a wrong feature dimension or shape, a length below 1 or beyond its
@@ -223,7 +225,11 @@ class ExportedModel:
     probs = np.full((batch, reference.shape[1], len(CHANNELS)), PADDING_PROB, np.float32)
     kept = min(len_ref, reference.shape[1])
     probs[:, :kept] = out["probs"][:, :kept]  # [batch, len_ref, 4]
-    return {"segments": out["segments"], "probs": probs, "loss_c": out["loss_c"]}
+    heads = out["attention"].shape[-1]
+    attention = np.zeros((batch, reference.shape[1], heads), np.float32)
+    attention[:, :kept] = out["attention"][:, :kept]  # [batch, len_ref, heads]
+    return {"segments": out["segments"], "probs": probs, "loss_c": out["loss_c"],
+            "attention": attention}
 
 
 def _features(name: str, x: Any, dim: int, cast: bool = True) -> np.ndarray:

@@ -25,6 +25,8 @@ import numpy as np
 from vreloc_jax import storage
 from vreloc_jax.data.splits import Entry
 
+FRAMES_PER_FEATURE = 16  # Frames one (subsampled) feature step covers in the benchmark.
+
 HDF5_DATASET = "c3d_features"
 HDF5_SUFFIXES = (".hdf5", ".h5")
 # The file name of the ActivityNet release; found by default in a data dir.

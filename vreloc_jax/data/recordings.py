@@ -65,7 +65,6 @@ MANIFEST_NAME = "recordings.json"
 HDF5_NAME = features_lib.DEFAULT_HDF5_NAME
 SPLITS = ("train", "val", "test")
 MIN_INSTANCES, MAX_INSTANCES = 2, 4  # Utterances per reference stream, target included.
-FRAMES_PER_STEP = 16  # Nominal frames of one feature step, as in the real benchmark.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +214,8 @@ def build(out_dir: str, source: str = "japanese_vowels", seed: int = 0,
         rows[stream.split].append({"id": stream.video_id, "label": stream.label,
                                    "location": [0, len(video)],
                                    "groundtruth": [start, start + len(parts[stream.target])]})
-        lengths[stream.video_id] = {"n_feat": len(video), "n_frames": FRAMES_PER_STEP * len(video)}
+        lengths[stream.video_id] = {"n_feat": len(video),
+                                    "n_frames": features_lib.FRAMES_PER_FEATURE * len(video)}
     for split in SPLITS:
       directory.dump_json(os.path.join(tmp, f"{split}.json"), rows[split])
     directory.dump_json(os.path.join(tmp, "length.json"), lengths)
