@@ -19,6 +19,9 @@ Config arguments (after the file name, comma-separated), for example
 * ``query_blind``: a control that never reads the query (the predictor sees
   only the reference's self-attention features): what a model finds without
   knowing what it is looking for;
+* ``cgbm``: the benchmark authors' model (Feng et al.'s Cross Gated Bilinear
+  Matching, `vreloc_jax.cgbm`) instead of the paper's; it takes no model variant,
+  ``frame_similarity`` or ``query_blind``;
 * ``quick``: a tiny run for tests and smoke checks (small synthetic data,
   small batches, a few steps).
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from vreloc_jax import cgbm
 from vreloc_jax import model
 
 
@@ -111,8 +115,20 @@ def for_supervision(supervision: str, arg: str | None) -> ml_collections.ConfigD
 
 def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies the comma-separated config arguments (see the module docstring)."""
-  for token in filter(None, (t.strip() for t in (arg or "").split(","))):
-    if token in model.VARIANTS:
+  tokens = [t for t in (t.strip() for t in (arg or "").split(",")) if t]
+  use_cgbm = "cgbm" in tokens
+  if use_cgbm:
+    # Set only here, so that configs (and work directories) of the paper's model keep
+    # no model_name field: create_model reads a missing one as "relocalizer".
+    config.model_name = "cgbm"  # The benchmark authors' model; see vreloc_jax/cgbm.py.
+    config.model = cgbm.cgbm_config()
+    config.variant = "cgbm"
+  for token in tokens:
+    if use_cgbm and (token in model.VARIANTS or token in ("frame_similarity", "query_blind")):
+      raise ValueError(f"config argument {token!r} is for the paper's model, not cgbm")
+    if token == "cgbm":
+      pass
+    elif token in model.VARIANTS:
       config.variant = token
     elif token.startswith("alpha="):
       config.loss.alpha = float(token.split("=", 1)[1])
@@ -137,13 +153,18 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.eval.batch_size = 32
       config.eval.baselines = ("stat_prior",)
       config.eval.plot_pairs = 1
-      config.model.hidden_dim = 16
-      config.model.head_dim = 4
-      config.model.lstm_dim = 16
-      config.model.self_attention_head_dim = 4
+      if use_cgbm:
+        for field in ("aggregation_dim", "attention_dim", "matching_dim", "localization_dim"):
+          config.model[field] = 16
+      else:
+        config.model.hidden_dim = 16
+        config.model.head_dim = 4
+        config.model.lstm_dim = 16
+        config.model.self_attention_head_dim = 4
     else:
       raise ValueError(f"unknown config argument {token!r}; expected one of "
                        f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, "
-                       "inference=RULE, query_length, query_blind, quick")
-  config.model = model.apply_variant(config.model, config.variant)
+                       "inference=RULE, query_length, query_blind, cgbm, quick")
+  if not use_cgbm:
+    config.model = model.apply_variant(config.model, config.variant)
   return config

@@ -15,7 +15,7 @@ backend (no display needed) and written whole through `vreloc_jax.storage`.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,6 +25,11 @@ from vreloc_jax import storage
 # The curves drawn from the model's 4-way output, with their columns.
 _CURVES = (("p_start", losses.START, "tab:blue"), ("p_end", losses.END, "tab:red"),
            ("p_inside", losses.INSIDE, "tab:green"))
+
+
+def attention_rows(config: Any) -> str:
+  """What the rows of a model's attention output are: heads (the paper's) or query steps (CGBM)."""
+  return "query step" if config.get("model_name") == "cgbm" else "attention head"
 
 
 def head_labels(groups: Sequence[Sequence[int]]) -> list[tuple[int, str]]:
@@ -39,7 +44,8 @@ def head_labels(groups: Sequence[Sequence[int]]) -> list[tuple[int, str]]:
 def plot_pair(path: str, probs: np.ndarray, predicted: Sequence[int], *,
               groundtruth: Sequence[int] | None = None, attention: np.ndarray | None = None,
               groups: Sequence[Sequence[int]] | None = None, title: str = "",
-              seconds_per_step: float | None = None) -> None:
+              seconds_per_step: float | None = None,
+              attention_label: str = "attention head") -> None:
   """Writes the figure of one localized pair as a PNG.
 
   Args:
@@ -51,6 +57,7 @@ def plot_pair(path: str, probs: np.ndarray, predicted: Sequence[int], *,
     attention: float [len_ref, heads] H^matt, or None (no heat map panel).
     groups: the attention's head groups ``(num_heads, kernel, dilation)``, for the
       heat map's row labels.
+    attention_label: what the attention's rows are (`attention_rows`).
     title: the figure's title (which pair, which checkpoint).
     seconds_per_step: when given, a second x axis in seconds.
 
@@ -105,7 +112,7 @@ def plot_pair(path: str, probs: np.ndarray, predicted: Sequence[int], *,
     image = heat.pcolormesh(edges, np.arange(attention.shape[1] + 1) - 0.5, attention.T,
                             cmap="viridis", shading="flat")
     heat.invert_yaxis()
-    heat.set_ylabel("attention head", fontsize=8)
+    heat.set_ylabel(attention_label, fontsize=8)
     if groups:
       for row, label in head_labels(groups):
         heat.axhline(row - 0.5, color="white", linewidth=0.5)

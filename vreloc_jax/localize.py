@@ -222,6 +222,7 @@ def plot(result: Localized, path: str, model: Any,
                     groundtruth=truth, attention=result.attention,
                     groups=model.metadata.get("config", {}).get("model", {}).get(
                         "attention_groups"),
+                    attention_label=figures.attention_rows(model.metadata.get("config", {})),
                     title=f"query {result.query} in {result.reference} (window from step {a})")
 
 

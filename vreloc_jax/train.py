@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from vreloc_jax import cgbm
 from vreloc_jax import checkpoints
 from vreloc_jax import losses
 from vreloc_jax import metrics
@@ -181,8 +182,15 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                      optax.adam(schedule))
 
 
-def create_model(config: ml_collections.ConfigDict) -> ReLocalizer:
-  return ReLocalizer(config.model)
+MODELS = {"relocalizer": ReLocalizer, "cgbm": cgbm.CGBM}  # config.model_name -> model class
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The model named by ``config.model_name`` (absent: "relocalizer", the paper's)."""
+  name = config.get("model_name", "relocalizer")
+  if name not in MODELS:
+    raise ValueError(f"model_name must be one of {sorted(MODELS)}, got {name!r}")
+  return MODELS[name](config.model)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array,
@@ -403,7 +411,8 @@ def evaluate(runner: Runner, params: Any, bench: Benchmark, split: str,
       figures.plot_pair(
           storage.join(plot_dir, f"{split}_pair{index}.png"), outputs["probs"],
           predicted[index], groundtruth=pair.reference.segment,
-          attention=outputs["attention"], groups=runner.config.model.attention_groups,
+          attention=outputs["attention"], groups=runner.config.model.get("attention_groups"),
+          attention_label=figures.attention_rows(runner.config),
           title=f"{split} pair {index}: query {pair.query.describe()}, reference "
                 f"{pair.reference.describe()}; IoU {ious[index]:.2f}"
                 + (f"; step {extra['step']}" if extra and "step" in extra else ""))
