@@ -27,7 +27,7 @@ from vreloc_jax.data.pairs import example_from_pair
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUERY_BUCKETS = (16,)
 REFERENCE_BUCKETS = (16, 32)
-MAX_LENGTH = 20  # The full rule's programs: references of at most 19 steps, and of 20 or more.
+MAX_LENGTH = 20  # The full rule's longest segment: between the two reference buckets.
 
 
 def tiny_config(data_dir: str):
@@ -84,7 +84,7 @@ def run(tmp_path_factory) -> types.SimpleNamespace:
 
 def test_directory_format(run):
   names = sorted(os.listdir(run.out))
-  assert names == ["model.json", "params.npz", "program_0.jaxexport", "program_1.jaxexport"]
+  assert names == ["model.json", "params.npz", "program_0.jaxexport"]
   assert os.listdir(os.path.dirname(run.out)) == ["model"]  # No temporary directory left.
   meta = json.load(open(os.path.join(run.out, "model.json")))
   assert meta["format"] == exported.FORMAT and meta["format_version"] == exported.FORMAT_VERSION
@@ -95,9 +95,10 @@ def test_directory_format(run):
   assert meta["checkpoint"] == {"step": 1, "selection": "best"}
   assert meta["config"] == json.load(open(os.path.join(run.workdir, "config.json")))
   assert meta["platforms"] == ["cpu", "cuda", "tpu"] and meta["jax_version"] == jax.__version__
+  # One program for every length, also for the full rule's search (max_length inside).
   assert [(p["query_length"], p["reference_length"]) for p in meta["programs"]] == [
-      ([1, None], [1, MAX_LENGTH - 1]), ([1, None], [MAX_LENGTH, None])]
-  assert [v["program"] for v in meta["verified"]] == ["program_0.jaxexport", "program_1.jaxexport"]
+      ([1, None], [1, None])]
+  assert [v["program"] for v in meta["verified"]] == ["program_0.jaxexport"]
   prov = meta["provenance"]
   assert prov["step"] == 1 and prov["data_dir"] == os.path.abspath(run.data_dir)
   for name in ("train.json", "val.json", "test.json", "length.json"):
@@ -168,10 +169,10 @@ def test_loader_alone_matches_eval_step(run, tmp_path):
   pairs = bench.pairs["test"]
   lengths = np.array([example_from_pair(p).reference_length for p in pairs])
   # Batches of eval.batch_size, the shapes the export checked (their programs are compiled).
-  short = np.flatnonzero(lengths <= REFERENCE_BUCKETS[0])  # Program 0 (bucket 16).
+  short = np.flatnonzero(lengths <= REFERENCE_BUCKETS[0])  # Bucket 16, below max_length.
   assert 0 < len(short) < len(pairs) and lengths.max() > REFERENCE_BUCKETS[0]
   short = np.resize(short, 8)
-  mixed = np.union1d(np.arange(7), [np.argmax(lengths)])  # Program 1 (bucket 32), mixed lengths.
+  mixed = np.union1d(np.arange(7), [np.argmax(lengths)])  # Bucket 32, above max_length.
   groups = {"long": mixed, "short": short}
   inputs, expected = {}, {}
   apply = jax.jit(lambda p, b: runner.model.apply({"params": p}, b["query"], b["query_mask"],
@@ -286,8 +287,8 @@ def test_loader_errors(run, tmp_path):
     with pytest.raises(ValueError, match=message):
       exported.load(bad)
   bad = _broken(run, tmp_path, "missing")
-  os.remove(os.path.join(bad, "program_1.jaxexport"))
-  with pytest.raises(ValueError, match="program_1.jaxexport is missing"):
+  os.remove(os.path.join(bad, "program_0.jaxexport"))
+  with pytest.raises(ValueError, match="program_0.jaxexport is missing"):
     exported.load(bad)
   bad = _broken(run, tmp_path, "truncated")
   with open(os.path.join(bad, "params.npz"), "r+b") as f:

@@ -20,6 +20,10 @@ def test_plot_pair_writes_a_png(tmp_path):
                     groups=model.MULTISCALE_GROUPS, title="a pair", seconds_per_step=16 / 30)
   data = path.read_bytes()
   assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+  from matplotlib import image
+  pixels = image.imread(str(path))  # Decodes: [height, width, RGBA].
+  assert pixels.shape == (847, 1100, 4)  # 10 x 7.7 inches at 110 dpi (three panels).
+  assert pixels[..., :3].std() > 0.1  # Not a blank canvas.
   # Without attention (query-blind) or ground truth (a user's own pair): two panels.
   figures.plot_pair(str(tmp_path / "b.png"), probs, (0, 5), attention=np.zeros((40, 0)))
   assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"

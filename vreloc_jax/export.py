@@ -41,11 +41,12 @@ model, 1.7 M parameters, D = 500; the run's buckets, queries (32,), references
 
 * Symbolic lengths, not one program per bucket. ``b, lq, lr`` are symbolic
   (`jax.export.symbolic_shape`, constraints ``>= 1``); every op of the model
-  exports that way (dilated convolutions, the LSTMs' scans, the segment searches),
-  with one exception: `segments.search_full` takes ``min(max_length, len_ref)`` in
-  Python, which a symbolic ``len_ref`` cannot decide, so the ``full`` rule gets two
-  programs, ``lr <= max_length - 1`` and ``lr >= max_length``, each decided there.
-  Only programs that serve some bucket pair are written.
+  exports that way (dilated convolutions, the LSTMs' scans, the segment searches;
+  `segments.search_full` takes ``min(max_length, len_ref)`` with `jax.core.min_dim`),
+  so one program serves every length. The format allows several programs with
+  length ranges (``programs`` in model.json) should a future model need them; the
+  numbers below for the ``full`` rule were measured with two programs, split at
+  ``max_length``, before ``min_dim`` made one enough.
 
   ==================================  ==================  ==================
   per program set, cpu,cuda,tpu       symbolic            5 bucket programs
@@ -222,26 +223,9 @@ def unflatten_params(flat: dict[str, Any]) -> dict[str, Any]:
   return tree
 
 
-def plan_programs(config: Any) -> list[exported_lib.Program]:
-  """The length ranges to export one program each for (see the module docstring).
-
-  Only ranges that hold some (query bucket, reference bucket) pair are kept.
-  """
-  ranges: list[tuple[tuple[int, int | None], tuple[int, int | None]]]
-  if config.eval.inference == "full":
-    max_length = int(config.eval.max_length)
-    ranges = [((1, None), (1, max_length - 1)), ((1, None), (max_length, None))]
-    ranges = [r for r in ranges if r[1][1] is None or r[1][0] <= r[1][1]]
-  else:
-    ranges = [((1, None), (1, None))]
-  programs = []
-  for query_range, reference_range in ranges:
-    program = exported_lib.Program(f"program_{len(programs)}.jaxexport", query_range,
-                                   reference_range)
-    if any(program.covers(q, r) for q in config.data.query_buckets
-           for r in config.data.reference_buckets):
-      programs.append(program)
-  return programs
+def plan_programs() -> list[exported_lib.Program]:
+  """The programs to export, with their length ranges: one for every length (module docstring)."""
+  return [exported_lib.Program("program_0.jaxexport", (1, None), (1, None))]
 
 
 def _constraints(name: str, length_range: tuple[int, int | None]) -> tuple[str, ...]:
@@ -458,7 +442,7 @@ def export_model(workdir: str, checkpoint: str | int, output: str,
   if bad:
     raise ValueError(f"checkpoint {step} of {workdir} holds non-finite parameters ({bad[0]})")
   infer = inference_function(runner.model, config)
-  programs = plan_programs(config)
+  programs = plan_programs()
   if not programs:
     raise ValueError(f"{workdir}: no (query, reference) bucket pair in the configuration")
   blobs, checks, calling_convention = {}, [], None

@@ -231,7 +231,9 @@ def _search_full(log_probs: jax.Array, lengths: jax.Array, *, max_length: int,
                  form: str) -> jax.Array:
   """Jitted kernel of :func:`search_full` (arguments already checked)."""
   len_ref = log_probs.shape[1]
-  n_offsets = min(max_length, len_ref)  # K: candidate length offsets e - s = 0 .. K-1
+  # K: candidate length offsets e - s = 0 .. K-1 (min_dim: len_ref may be symbolic, in
+  # `jax.export`).
+  n_offsets = jax.core.min_dim(max_length, len_ref)
   lengths = jnp.clip(lengths.astype(jnp.int32), 0, len_ref)  # [batch]
   positions = jnp.arange(len_ref, dtype=jnp.int32)  # [len_ref]
   step_mask = positions[None, :] < lengths[:, None]  # [batch, len_ref]
