@@ -19,6 +19,7 @@ import pytest
 
 from configs import full as full_config
 from tests.conftest import FEATURE_DIM, make_benchmark
+from tests.test_train import FAST_COMPILE  # Only the training run (a subprocess) uses it.
 from vreloc_jax import checkpoints, export, exported, sharding, train
 from vreloc_jax import workdir as workdir_lib
 from vreloc_jax.data import batching
@@ -48,8 +49,6 @@ def tiny_config(data_dir: str):
   return config
 
 
-# XLA settings that halve compilation time on CPU; only the training run uses them.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 _TRAIN_SCRIPT = ("import sys; from tests.test_export import tiny_config; from vreloc_jax import "
                  "train; train.train_and_evaluate(tiny_config(sys.argv[1]), sys.argv[2])")
 
@@ -400,18 +399,32 @@ def test_localize_command_line(run, tmp_path):
   lines = [json.loads(line) for line in out.read_text().splitlines()]
   assert len(lines) == 2 and "seconds" in lines[0] and "seconds" not in lines[1]
   assert 0 <= lines[1]["segment"][0] <= lines[1]["segment"][1] <= 5
-  # Bad pairs: one line naming the pair and what is wrong; nothing written.
-  for request, message in [
-      ({"query": "nope:0-3", "reference": r["id"]}, "pair 0: query: .*v_nope is missing"),
-      ({"query": f"{q['id']}:0-999", "reference": r["id"]}, "ends past the video's"),
-      ({"query": f"{q['id']}:0-20", "reference": r["id"]},
-       "the query has 20 feature steps; this model takes at most 16"),
-      ({"query": f"{q['id']}:5-5", "reference": r["id"]}, r"\[5, 5\) is empty or inverted"),
-  ]:
-    pairs.write_text(json.dumps([request]))
-    bad = tmp_path / "bad.jsonl"
-    done = _localize_cli(f"--model={run.out}", f"--pairs={pairs}", f"--output={bad}")
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("vreloc_jax.localize: error: ") and re.search(message, last), last
-    assert not bad.exists()
+  # A bad pair: one line naming the pair and what is wrong; nothing written.
+  pairs.write_text(json.dumps([{"query": query, "reference": r["id"]},
+                               {"query": "nope:0-3", "reference": r["id"]}]))
+  bad = tmp_path / "bad.jsonl"
+  done = _localize_cli(f"--model={run.out}", f"--pairs={pairs}", f"--output={bad}")
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  last = done.stderr.strip().splitlines()[-1]
+  assert re.search(r"^vreloc_jax.localize: error: .*pairs.json: pair 1: query: .*v_nope is "
+                   "missing", last), last
+  assert not bad.exists()
+
+
+@pytest.mark.parametrize("query, message", [
+    ("{q}:0-999", "ends past the video's"),
+    ("{q}:0-20", "the query has 20 feature steps; this model takes at most 16 .*choose a "
+     "shorter query range"),
+    ("{q}:5-5", r"\[5, 5\) is empty or inverted"),
+    ("{q}:9-4", r"\[9, 4\) is empty or inverted"),
+    ("", "is not VIDEO or VIDEO:START-END"),
+])
+def test_localize_bad_inputs_are_named(run, query, message):
+  from vreloc_jax import localize
+  from vreloc_jax.data import features as features_lib
+  raw = json.load(open(os.path.join(run.data_dir, "test.json")))
+  store = features_lib.open_features(os.path.join(run.data_dir, "feat"))
+  with pytest.raises(ValueError, match=message):
+    localize.localize(exported.load(run.out), store,
+                      localize.Span.parse(query.format(q=raw[0]["id"]), "query"),
+                      localize.Span.parse(raw[1]["id"], "reference"))
