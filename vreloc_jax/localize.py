@@ -253,6 +253,8 @@ def _num_features(store: features_lib.FeatureStore, span: Span) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  from vreloc_jax import sharding  # pylint: disable=g-import-not-at-top  (jax and absl only)
+  sharding.quiet_library_logs()
   try:
     if FLAGS.pairs is None and (FLAGS.query is None or FLAGS.reference is None):
       raise ValueError("pass --query and --reference, or --pairs")

@@ -353,12 +353,14 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def quiet_library_logs() -> None:
-  """Hides the INFO chatter of orbax (per-save/restore timings) from the console."""
+  """Hides INFO chatter of libraries from the console: orbax's per-save/restore timings,
+  and jax's "Unable to initialize backend 'tpu'" on machines without one."""
   import logging as py_logging
   from absl import logging
 
   def keep(record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+    return record.levelno >= py_logging.WARNING or not (
+        "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py"))
 
   logging.get_absl_handler().addFilter(keep)
 
