@@ -82,7 +82,8 @@ class Benchmark:
 
 
 def cache_root() -> str:
-  """Where generated benchmarks are cached: $VRELOC_CACHE (local or gs://…) or ~/.cache/vreloc_jax."""
+  """Where generated benchmarks are cached: $VRELOC_CACHE (local or gs://…), else
+  ~/.cache/vreloc_jax."""
   return os.environ.get("VRELOC_CACHE") or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vreloc_jax")
 

@@ -744,7 +744,8 @@ def measure_statistics(data_dir: str) -> dict[str, Any]:
     chances of an unlisted instance ``p_hidden_before`` / ``_between`` /
     ``_after``.
   """
-  n_feat = {k: v["n_feat"] for k, v in storage.read_json(storage.join(data_dir, "length.json")).items()}
+  lengths = storage.read_json(storage.join(data_dir, "length.json"))
+  n_feat = {k: v["n_feat"] for k, v in lengths.items()}
   out: dict[str, Any] = {"splits": {}}
   windows, segs, starts, ends, per_video = [], [], [], [], []
   gaps, leads, trails = [], [], []
