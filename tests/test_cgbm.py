@@ -17,6 +17,7 @@ import optax
 import pytest
 
 from tests.test_model import batch_variants
+from tests.test_model import applied
 from tests.test_model import random_params
 from tests.test_model import sequences
 from vreloc_jax import cgbm
@@ -230,11 +231,7 @@ def _model_batch():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-  model = cgbm.CGBM(tiny_config())
-  ref_seqs, query_seqs, args = _model_batch()
-  params = random_params(lambda: model.init(jax.random.key(0), *args, deterministic=True))
-  apply = jax.jit(lambda p, *a: model.apply(p, *a, deterministic=True))
-  return model, params, apply, (ref_seqs, query_seqs, args), apply(params, *args)
+  return applied(cgbm.CGBM(tiny_config()), _model_batch())
 
 
 def test_cgbm_shapes_and_padding_invariant(tiny_model):

@@ -248,14 +248,18 @@ def _model_batch():
   return ref_seqs, query_seqs, (query, query_mask, ref, ref_mask)
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-  """Tiny full model (with self-attention), random params, and its output on _model_batch."""
-  model = model_lib.ReLocalizer(tiny_config())
-  ref_seqs, query_seqs, args = _model_batch()
+def applied(model, batch):
+  """``(model, random params, jitted apply, batch, its output)`` for a model and a test batch."""
+  ref_seqs, query_seqs, args = batch
   params = random_params(lambda: model.init(jax.random.key(0), *args, deterministic=True))
   apply = jax.jit(lambda p, *a: model.apply(p, *a, deterministic=True))
   return model, params, apply, (ref_seqs, query_seqs, args), apply(params, *args)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  """Tiny full model (with self-attention), random params, and its output on _model_batch."""
+  return applied(model_lib.ReLocalizer(tiny_config()), _model_batch())
 
 
 def test_relocalizer_padding_invariant(tiny_model):
