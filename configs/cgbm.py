@@ -28,18 +28,7 @@ from configs import default
 
 
 def get_config(arg: str | None = None):
-  args = ",".join(filter(None, ["cgbm", arg]))
-  config = default.for_supervision("full", args)
-  config.loss.coattention_weight = 0.0  # Their loss is the weighted cross-entropy alone.
-  config.train.num_steps = 1000  # Their max_steps.
-  config.train.decay_every = 1000  # A constant learning rate (their decay is commented out).
-  config.train.eval_every = 100  # A checkpoint every 100 steps, each evaluated on val.
-  config.train.checkpoint_every = 100
+  config = default.for_comparator("cgbm", arg)  # Their loss: the weighted cross-entropy alone.
   config.eval.search_form = "benchmark"
   config.eval.max_length = 64
-  if "quick" in (arg or "").split(","):
-    config.train.num_steps = 6
-    config.train.decay_every = 6
-    config.train.eval_every = 3
-    config.train.checkpoint_every = 2
   return config

@@ -19,9 +19,10 @@ Config arguments (after the file name, comma-separated), for example
 * ``query_blind``: a control that never reads the query (the predictor sees
   only the reference's self-attention features): what a model finds without
   knowing what it is looking for;
-* ``cgbm``: the benchmark authors' model (Feng et al.'s Cross Gated Bilinear
-  Matching, `vreloc_jax.cgbm`) instead of the paper's; it takes no model variant,
-  ``frame_similarity`` or ``query_blind``;
+* ``cgbm``, ``sst``, ``video_level``: a comparator instead of the paper's model
+  (`COMPARATORS`: Feng et al.'s Cross Gated Bilinear Matching, Buch et al.'s SST,
+  Feng et al.'s video-level baseline); they take no model variant,
+  ``frame_similarity`` or ``query_blind``; see ``configs/cgbm.py`` and its siblings;
 * ``quick``: a tiny run for tests and smoke checks (small synthetic data,
   small batches, a few steps).
 """
@@ -32,6 +33,8 @@ import ml_collections
 
 from vreloc_jax import cgbm
 from vreloc_jax import model
+from vreloc_jax import sst
+from vreloc_jax import video_level
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -113,20 +116,39 @@ def for_supervision(supervision: str, arg: str | None) -> ml_collections.ConfigD
   return apply_arguments(config, arg)
 
 
+# The comparators (issue 10): config argument -> the model section of their configuration.
+COMPARATORS = {
+    "cgbm": cgbm.cgbm_config,  # Feng et al.'s Cross Gated Bilinear Matching (vreloc_jax/cgbm.py).
+    "sst": sst.sst_config,  # Buch et al.'s query-agnostic SST proposals (vreloc_jax/sst.py).
+    "video_level": video_level.video_level_config,  # Feng et al.'s video-level baseline.
+}
+# ``quick`` sizes of each model section.
+QUICK_SIZES = {
+    "relocalizer": dict(hidden_dim=16, head_dim=4, lstm_dim=16, self_attention_head_dim=4),
+    "cgbm": dict(aggregation_dim=16, attention_dim=16, matching_dim=16, localization_dim=16),
+    "sst": dict(hidden_dim=16),
+    "video_level": dict(embed_dim=16, hidden_dim=16),
+}
+_PAPER_MODEL_ONLY = model.VARIANTS + ("frame_similarity", "query_blind")
+
+
 def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies the comma-separated config arguments (see the module docstring)."""
   tokens = [t for t in (t.strip() for t in (arg or "").split(",")) if t]
-  use_cgbm = "cgbm" in tokens
-  if use_cgbm:
+  chosen = [t for t in tokens if t in COMPARATORS]
+  if len(chosen) > 1:
+    raise ValueError(f"config arguments {chosen} name more than one model")
+  comparator = chosen[0] if chosen else None
+  if comparator:
     # Set only here, so that configs (and work directories) of the paper's model keep
     # no model_name field: create_model reads a missing one as "relocalizer".
-    config.model_name = "cgbm"  # The benchmark authors' model; see vreloc_jax/cgbm.py.
-    config.model = cgbm.cgbm_config()
-    config.variant = "cgbm"
+    config.model_name = comparator  # The model trained instead of the paper's.
+    config.model = COMPARATORS[comparator]()
+    config.variant = comparator
   for token in tokens:
-    if use_cgbm and (token in model.VARIANTS or token in ("frame_similarity", "query_blind")):
-      raise ValueError(f"config argument {token!r} is for the paper's model, not cgbm")
-    if token == "cgbm":
+    if comparator and token in _PAPER_MODEL_ONLY:
+      raise ValueError(f"config argument {token!r} is for the paper's model, not {comparator}")
+    if token in COMPARATORS:
       pass
     elif token in model.VARIANTS:
       config.variant = token
@@ -153,18 +175,36 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.eval.batch_size = 32
       config.eval.baselines = ("stat_prior",)
       config.eval.plot_pairs = 1
-      if use_cgbm:
-        for field in ("aggregation_dim", "attention_dim", "matching_dim", "localization_dim"):
-          config.model[field] = 16
-      else:
-        config.model.hidden_dim = 16
-        config.model.head_dim = 4
-        config.model.lstm_dim = 16
-        config.model.self_attention_head_dim = 4
+      config.model.update(QUICK_SIZES[comparator or "relocalizer"])
     else:
       raise ValueError(f"unknown config argument {token!r}; expected one of "
                        f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, "
-                       "inference=RULE, query_length, query_blind, cgbm, quick")
-  if not use_cgbm:
+                       f"inference=RULE, query_length, query_blind, {', '.join(COMPARATORS)}, "
+                       "quick")
+  if not comparator:
     config.model = model.apply_variant(config.model, config.variant)
+  return config
+
+
+def for_comparator(name: str, arg: str | None) -> ml_collections.ConfigDict:
+  """A comparator's configuration: full supervision with the benchmark authors' settings.
+
+  Every comparator trains as Feng et al. trained theirs (fengyang0317/video_reloc,
+  ``match.py``): its own loss alone (no co-attention loss), batch 128, Adam at a
+  constant learning rate of 1e-3, gradients clipped to global norm 5, 1000 steps, a
+  checkpoint and a val evaluation every 100 steps, the best val checkpoint tested;
+  references randomly cropped around their segment with probability 0.9. So the
+  rows of the comparison differ by model only.
+  """
+  config = for_supervision("full", ",".join(filter(None, [name, arg])))
+  config.loss.coattention_weight = 0.0  # Each comparator's own loss alone.
+  config.train.num_steps = 1000  # Their max_steps.
+  config.train.decay_every = 1000  # A constant learning rate (their decay is commented out).
+  config.train.eval_every = 100  # A checkpoint every 100 steps, each evaluated on val.
+  config.train.checkpoint_every = 100
+  if "quick" in (arg or "").split(","):
+    config.train.num_steps = 6
+    config.train.decay_every = 6
+    config.train.eval_every = 3
+    config.train.checkpoint_every = 2
   return config

@@ -390,21 +390,3 @@ def test_cgbm_rejects_bad_inputs():
     init(model, query[..., :4], query_mask, ref, ref_mask)
   with pytest.raises(ValueError, match="dtype"):
     init(cgbm.CGBM(tiny_config(dtype="float16")), query, query_mask, ref, ref_mask)
-
-
-def test_cgbm_trains_and_evaluates_in_the_projects_harness(tmp_path):
-  """configs/cgbm.py through train_and_evaluate: the same loop, losses and search as ours."""
-  from configs import cgbm as cgbm_config_file
-  from tests.conftest import make_benchmark
-  from vreloc_jax import train
-
-  config = cgbm_config_file.get_config("quick")
-  assert config.model_name == "cgbm" and config.loss.coattention_weight == 0.0
-  config.data.dir = make_benchmark(tmp_path / "bench", seed=2).root
-  config.data.query_buckets = (16,)
-  config.data.reference_buckets = (32,)
-  config.train.batch_size = config.eval.batch_size = 8
-  config.train.num_steps, config.train.eval_every = 2, 2
-  results = train.train_and_evaluate(config, str(tmp_path / "w"))
-  assert results["variant"] == "cgbm" and 0.0 <= results["mAP_avg"] <= 100.0
-  assert (tmp_path / "w" / "plots" / "step2").is_dir()

@@ -104,6 +104,7 @@ tpu programs were not run here (no accelerator).
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -273,19 +274,38 @@ def export_program(infer: Any, params: dict[str, np.ndarray], feature_dim: int,
   return jax.export.export(jax.jit(infer), platforms=tuple(platforms))(*specs)
 
 
-def feature_dim_from_checkpoint(manager: Any, step: int) -> int:
-  """D, from the saved shape of the reference mapping's kernel ``[kernel, D, d_h]``."""
+def feature_dim_from_checkpoint(manager: Any, step: int, config: Any) -> int:
+  """D, the feature dimension a checkpoint's model reads, from its saved parameter shapes.
+
+  Any model: its parameter shapes are laid out for D = 1 and D = 2 (`jax.eval_shape`,
+  nothing computed); the first dimension that differs grows linearly with D, which its
+  saved size then gives.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from vreloc_jax import train  # pylint: disable=g-import-not-at-top
   reader = ocp.CheckpointManager(manager.directory, item_handlers=ocp.StandardCheckpointHandler(),
                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  def shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
   try:
-    metadata = reader.item_metadata(step)
-    return int(metadata["params"]["reference_mapping"]["conv"]["kernel"].shape[1])
-  except (KeyError, TypeError, IndexError, AttributeError) as e:
-    raise ValueError(f"cannot read the feature dimension from checkpoint {step} in "
+    saved = shapes(reader.item_metadata(step)["params"])
+  except (KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"cannot read the parameters of checkpoint {step} in "
                      f"{manager.directory} ({type(e).__name__}: {e})") from None
   finally:
     reader.close()
+  model = train.create_model(config)
+  laid_out = [shapes(jax.eval_shape(functools.partial(
+      train.create_train_state, config, model, feature_dim=d), jax.random.key(0))["params"])
+              for d in (1, 2)]
+  for name, one in laid_out[0].items():
+    for axis, (a, b) in enumerate(zip(one, laid_out[1][name])):
+      if a != b and len(saved.get(name, ())) == len(one):
+        return (saved[name][axis] - a) // (b - a) + 1
+  raise ValueError(f"checkpoint {step} in {manager.directory} does not hold the parameters of "
+                   f"a {train.model_name(config)} model")
 
 
 def provenance(workdir: str, config: Any, step: int) -> dict[str, Any]:
@@ -431,7 +451,7 @@ def export_model(workdir: str, checkpoint: str | int, output: str,
   manager = checkpoints.manager(workdir, read_only=True)
   try:
     step = checkpoints.resolve_step(manager, checkpoint)
-    feature_dim = feature_dim_from_checkpoint(manager, step)
+    feature_dim = feature_dim_from_checkpoint(manager, step, config)
     mesh = sharding.make_mesh()
     runner = train.Runner(config, mesh, feature_dim)
     state = checkpoints.restore(manager, step, runner.abstract_state())

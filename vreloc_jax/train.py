@@ -43,13 +43,16 @@ import ml_collections
 import numpy as np
 import optax
 
+from vreloc_jax import candidates
 from vreloc_jax import cgbm
 from vreloc_jax import checkpoints
 from vreloc_jax import losses
 from vreloc_jax import metrics
 from vreloc_jax import segments
 from vreloc_jax import sharding
+from vreloc_jax import sst
 from vreloc_jax import storage
+from vreloc_jax import video_level
 from vreloc_jax import workdir as workdir_lib
 from vreloc_jax.data import batching
 from vreloc_jax.data import pairs as pairs_lib
@@ -183,15 +186,47 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                      optax.adam(schedule))
 
 
-MODELS = {"relocalizer": ReLocalizer, "cgbm": cgbm.CGBM}  # config.model_name -> model class
+# config.model_name -> model class. The paper's model and CGBM label every reference
+# step (start, end, inside, outside); the others score candidate segments.
+MODELS = {"relocalizer": ReLocalizer, "cgbm": cgbm.CGBM, "sst": sst.SST,
+          "video_level": video_level.VideoLevel}
+# Segment-scoring models -> their training loss (`losses`), and its metric name.
+CANDIDATE_LOSSES = {"sst": ("loss_p", losses.proposal_cross_entropy),
+                    "video_level": ("loss_t", losses.triplet_loss)}
+
+
+def model_name(config: ml_collections.ConfigDict) -> str:
+  """``config.model_name``; absent: "relocalizer", the paper's."""
+  return config.get("model_name", "relocalizer")
+
+
+def scores_candidates(config: ml_collections.ConfigDict) -> bool:
+  """Whether the configured model scores candidate segments (`vreloc_jax.candidates`)."""
+  return model_name(config) in CANDIDATE_LOSSES
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   """The model named by ``config.model_name`` (absent: "relocalizer", the paper's)."""
-  name = config.get("model_name", "relocalizer")
+  name = model_name(config)
   if name not in MODELS:
     raise ValueError(f"model_name must be one of {sorted(MODELS)}, got {name!r}")
+  if name in CANDIDATE_LOSSES and (config.supervision != "full"
+                                   or config.loss.coattention_weight > 0):
+    raise ValueError(f"{name} trains with full supervision and its own loss only; got "
+                     f"supervision={config.supervision!r}, loss.coattention_weight="
+                     f"{config.loss.coattention_weight}")
   return MODELS[name](config.model)
+
+
+def candidate_loss(out: dict[str, jax.Array], batch: dict[str, jax.Array],
+                   config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """The training loss of a segment-scoring model, named as its metric."""
+  name, loss_fn = CANDIDATE_LOSSES[model_name(config)]
+  options = {"sst": lambda: dict(positive_iou=config.loss.positive_iou),
+             "video_level": lambda: dict(margin=config.loss.triplet_margin,
+                                         negative_iou=config.loss.negative_iou)}
+  return {name: loss_fn(out["candidate_scores"], out["candidate_mask"], batch["segment"],
+                        batch["example_mask"], **options[model_name(config)]())}
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array,
@@ -257,8 +292,13 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
     raise ValueError("cross-entropy needs annotated references, but the batch has no 'segment'")
 
   def loss_fn(params):
+    extra = {"segment": batch["segment"]} if scores_candidates(config) else {}
     out = model.apply({"params": params}, batch["query"], batch["query_mask"], batch["reference"],
-                      reference_mask, deterministic=False, rngs={"dropout": dropout_rng})
+                      reference_mask, deterministic=False, rngs={"dropout": dropout_rng},
+                      **extra)
+    if scores_candidates(config):
+      terms = candidate_loss(out, batch, config)
+      return sum(terms.values()), terms
     terms = {}
     total = jnp.zeros((), jnp.float32)
     if config.loss.coattention_weight > 0:
@@ -300,11 +340,22 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
     minimizes once masks are on; it reads no annotation), float32 [batch];
     ``probs``: float32 [batch, len_ref, 4] and ``attention``: float32
     [batch, len_ref, heads] H^matt, for figures (`vreloc_jax.figures`).
+    A segment-scoring model (`scores_candidates`) predicts its best candidate;
+    its ``probs`` are that segment's one-hot labels (`losses.soft_labels`), from
+    which ``loss_c`` is computed alike, and its ``attention`` has no heads.
   """
   TRACE_COUNTS["eval_step"] += 1
   out = model.apply({"params": params}, batch["query"], batch["query_mask"], batch["reference"],
                     batch["reference_mask"], deterministic=True)
-  predicted = predict_segments(out, batch, config)  # [batch, 2]
+  if scores_candidates(config):
+    # The best candidate; its one-hot labels stand in for per-step probabilities.
+    scores = jnp.where(out["candidate_mask"], out["candidate_scores"], candidates.NEG_INF)
+    predicted = candidates.best_candidate(scores, batch["reference_length"])  # [batch, 2]
+    len_ref = batch["reference_mask"].shape[1]
+    out = {"probs": losses.soft_labels(predicted, len_ref),  # [batch, len_ref, 4]
+           "attention": jnp.zeros(batch["reference_mask"].shape + (0,), jnp.float32)}
+  else:
+    predicted = predict_segments(out, batch, config)  # [batch, 2]
   loss_c = losses.coattention_per_example(
       batch["query"], batch["query_mask"], batch["reference"], batch["reference_mask"],
       out["probs"], config.loss.alpha,
@@ -738,7 +789,9 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
                        {"checkpoint_step": step, "selection": which, "config": config.supervision,
                         "variant": config.variant, "inference": config.eval.inference})
     test = test or results
-    rows[f"ours ({config.supervision}, {config.variant}, {which}: step {step})"] = results
+    name = (f"ours ({config.supervision}, {config.variant}" if model_name(config) == "relocalizer"
+            else f"{model_name(config)} ({config.supervision}")
+    rows[f"{name}, {which}: step {step})"] = results
   _stop_if_signalled(stop, num_steps)
   baselines = baseline_rows(config, bench, "test")
   if jax.process_index() == 0:

@@ -1,0 +1,38 @@
+"""The video-level baseline of Feng et al. (ECCV 2018), a row of the paper's Table 4.
+
+One LSTM encodes the query and every candidate segment of the reference into unit
+vectors (`vreloc_jax.video_level`); the candidate nearest the query is the
+prediction. Trained with a triplet loss (`vreloc_jax.losses.triplet_loss`): the
+query is the anchor, the ground-truth segment the positive, candidates of the same
+reference with IoU below 0.5 the negatives. It compares whole segments with the
+query and never matches them step by step (the paper: 12.4 average top-1 mAP on
+ActivityNet).
+
+Same harness and settings as every comparator (`configs.default.for_comparator`:
+batch 128, Adam 1e-3 constant, clipping 5, 1000 steps, val every 100, best val
+checkpoint tested).
+
+Commands (synthetic default; the real recordings with ``:recordings``):
+
+  python -m vreloc_jax.main --config=configs/video_level.py --workdir=/tmp/video-level
+  python -m vreloc_jax.main --config=configs/video_level.py:recordings --workdir=/tmp/vl-jv
+
+Expected result (test split, top-1 mAP avg over IoU 0.5…0.9): README.md
+("Results"), measured with these commands. ``:quick`` for a tiny smoke run.
+
+Choices the papers leave open, made here: candidates are all segments of 1-32
+steps; the triplet margin 0.2 on squared distances of unit vectors; negatives
+are the other candidates of the same reference (the hard ones a prediction must
+beat); in training the ground truth's start and `model.train_starts` random starts
+are scored. The model's own choices: `vreloc_jax.video_level`.
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  config = default.for_comparator("video_level", arg)
+  config.loss.triplet_margin = 0.2  # Margin on squared distances of unit vectors.
+  config.loss.negative_iou = 0.5  # Candidates below this IoU with the ground truth are negatives.
+  config.eval.plot_pairs = 0  # No per-step probabilities to draw.
+  return config
