@@ -207,7 +207,7 @@ def test_sst_gradient_step_with_dropout_and_segment(tiny_model):
 
 def test_sst_config_defaults():
   assert sst.sst_config().to_dict() == {
-      "num_lengths": 32, "hidden_dim": 512, "num_layers": 2, "dropout": 0.0,
+      "num_lengths": 32, "hidden_dim": 128, "num_layers": 2, "dropout": 0.3,
       "dtype": "float32"}
 
 
@@ -239,8 +239,8 @@ def test_parameter_counts_and_shapes():
     params, out = _shapes(model, 2, 5, 40, 500)
     leaves = jax.tree_util.tree_leaves(params)
     assert all(x.dtype == jnp.float32 for x in leaves)
-    expected = gru_parameters(500, 512) + gru_parameters(512, 512) + 512 * 32 + 32
-    assert expected == 3_147_808  # the count stated in the module docstring
+    expected = gru_parameters(500, 128) + gru_parameters(128, 128) + 128 * 32 + 32
+    assert expected == 344_608  # the count stated in the module docstring
     assert sum(x.size for x in leaves) == expected
     assert out["candidate_scores"].shape == (2, 40, 32)
     assert out["candidate_scores"].dtype == jnp.float32
