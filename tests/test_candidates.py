@@ -145,6 +145,14 @@ def test_comparator_trains_evaluates_and_exports_in_the_harness(name, tmp_path):
   export.export_model(str(workdir), "best", str(out), platforms=("cpu",))
   exported = export.evaluate_export(str(out), "test")
   assert exported["mAP_avg"] == results["mAP_avg"]
+  # Its confidence in each prediction is in [0, 1] (localize ranks windows by it).
+  from vreloc_jax import exported as exported_lib
+  model = exported_lib.load(str(out))
+  rng = np.random.default_rng(0)
+  predicted = model.predict(rng.normal(size=(3, 5, model.feature_dim)), [5, 2, 4],
+                            rng.normal(size=(3, 20, model.feature_dim)), [20, 9, 14])
+  assert predicted["score"].shape == (3,) and np.all((0 <= predicted["score"])
+                                                      & (predicted["score"] <= 1))
 
 
 def test_comparators_refuse_weak_supervision():

@@ -30,7 +30,8 @@ a complete export or none. An existing non-empty ``--output`` is refused unless
 
 The inference function, ``(params, query f32 [b, lq, D], query_mask bool [b, lq],
 reference f32 [b, lr, D], reference_mask bool [b, lr]) -> {"segments": i32 [b, 2],
-"probs": f32 [b, lr, 4], "loss_c": f32 [b], "attention": f32 [b, lr, heads]}``, is
+"score": f32 [b], "probs": f32 [b, lr, 4], "loss_c": f32 [b], "attention": f32 [b, lr,
+heads]}``, is
 `train.eval_step` itself: the
 model, `train.predict_segments` by the run's ``eval.inference``, and the
 co-attention loss of the predicted segment.
@@ -143,6 +144,9 @@ SIGNATURE = {
     "outputs": [
         {"name": "segments", "dtype": "int32", "shape": "[batch, 2]",
          "what": "predicted [start, end) of each reference, end exclusive, by the inference rule"},
+        {"name": "score", "dtype": "float32", "shape": "[batch]",
+         "what": "the model's confidence in its prediction, in [0, 1]: the mean p_inside over "
+                 "the segment (a segment-scoring comparator: its own candidate score)"},
         {"name": "probs", "dtype": "float32", "shape": "[batch, len_ref, 4]",
          "what": "per-step probabilities of (start, end, inside, outside); 0.25 at padded steps"},
         {"name": "loss_c", "dtype": "float32", "shape": "[batch]",
@@ -250,6 +254,7 @@ def inference_function(model: Any, config: Any):
              "reference_length": reference_mask.sum(axis=1).astype(jnp.int32)}  # [batch]
     out = train.eval_step(params, batch, model=model, config=config)
     return {"segments": out["segments"].astype(jnp.int32),  # [batch, 2]
+            "score": out["score"],  # [batch]
             "probs": out["probs"],  # [batch, len_ref, 4]
             "loss_c": out["loss_c"],  # [batch]
             "attention": out["attention"].astype(jnp.float32)}  # [batch, len_ref, heads]

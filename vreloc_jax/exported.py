@@ -22,8 +22,8 @@ why it is laid out so):
                         for a range of padded query/reference lengths
 
 Each program maps ``(params, query, query_mask, reference, reference_mask)`` to
-``{"segments", "probs", "loss_c"}`` (see `ExportedModel.run`). `ExportedModel.predict`
-pads its inputs with zeros to the run's length buckets, as the evaluation batches do
+``{"segments", "score", "probs", "loss_c", "attention"}`` (`ExportedModel.run`).
+`ExportedModel.predict` pads its inputs with zeros to the run's length buckets, as the evaluation batches do
 (`vreloc_jax.data.batching`), so its outputs are the evaluation's, bit for bit, for the
 same batch on the same backend (another batch size may move loss_c in its last bits).
 Serialized programs need the ``flatbuffers`` package to be read (jax's optional
@@ -194,8 +194,10 @@ class ExportedModel:
 
     Returns:
       ``segments``: int32 [batch, 2], ``[s, e)`` relative to the start of each
-      reference (end exclusive); ``probs``: float32 [batch, len_ref, 4] (aligned with
-      ``reference``; 0.25 each at steps past a reference's length); ``loss_c``:
+      reference (end exclusive); ``score``: float32 [batch], the model's
+      confidence in each, in [0, 1] (the mean p_inside over the segment; a
+      segment-scoring comparator's own score); ``probs``: float32 [batch, len_ref, 4]
+      (aligned with ``reference``; 0.25 each at steps past a reference's length); ``loss_c``:
       float32 [batch] (see `run`); ``attention``: float32 [batch, len_ref, heads],
       H^matt (0 past a reference's length).
 
@@ -228,8 +230,15 @@ class ExportedModel:
     heads = out["attention"].shape[-1]
     attention = np.zeros((batch, reference.shape[1], heads), np.float32)
     attention[:, :kept] = out["attention"][:, :kept]  # [batch, len_ref, heads]
-    return {"segments": out["segments"], "probs": probs, "loss_c": out["loss_c"],
-            "attention": attention}
+    if "score" in out:
+      score = out["score"]
+    else:  # Exports written before the score output: the mean p_inside, computed here.
+      inside = np.arange(probs.shape[1])[None, :] >= out["segments"][:, :1]
+      inside &= np.arange(probs.shape[1])[None, :] < out["segments"][:, 1:]  # [batch, len_ref]
+      score = ((probs[..., CHANNELS.index("inside")] * inside).sum(axis=1)
+               / np.maximum(inside.sum(axis=1), 1)).astype(np.float32)
+    return {"segments": out["segments"], "score": score, "probs": probs,
+            "loss_c": out["loss_c"], "attention": attention}
 
 
 def _features(name: str, x: Any, dim: int, cast: bool = True) -> np.ndarray:

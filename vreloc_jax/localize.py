@@ -15,7 +15,8 @@ features of the data the run trained on.
 For each pair it prints the segment found: in feature steps of the reference
 video, in frames, and in seconds when ``--fps`` (frames per second) or
 ``--duration`` (the reference video's length in seconds) is given, with its
-score (the mean p_inside over the segment, in [0, 1]). ``--pairs`` takes a JSON
+score (the model's confidence in [0, 1]: the mean p_inside over the segment, or a
+comparator's own candidate score). ``--pairs`` takes a JSON
 list of ``{"query": "VIDEO:S-E", "reference": "VIDEO[:S-E]"}`` (optionally
 ``"fps"``, ``"duration"``, ``"groundtruth": [s, e]``) and writes one JSON line per
 pair to ``--output`` (written whole at the end), or prints them.
@@ -121,7 +122,7 @@ class Localized:
   query: str
   reference: str
   segment: tuple[int, int]  # [start, end) in the reference video's feature steps.
-  score: float  # Mean p_inside over the segment.
+  score: float  # The model's confidence, in [0, 1] (`exported.ExportedModel.predict`).
   windows: int  # Reference windows the model ran on (1 unless the reference was slid over).
   window: tuple[int, int]  # The window the segment was found in.
   probs: np.ndarray  # [window length, 4], of that window.
@@ -177,9 +178,7 @@ def localize(model: Any, store: features_lib.FeatureStore, query: Span, referenc
   for i, (a, b) in enumerate(spans):
     r[i, :b - a] = reference_features[a:b]
   out = model.predict(q, [len(query_features)] * batch, r, [b - a for a, b in spans])
-  inside = out["probs"][..., model_lib.CHANNELS.index("inside")]  # [windows, size]
-  scores = [float(inside[i, s:e].mean()) if e > s else 0.0
-            for i, (s, e) in enumerate(out["segments"].tolist())]
+  scores = out["score"].tolist()  # [windows]
   best = int(np.argmax(scores))
   a, b = spans[best]
   s, e = (int(v) for v in out["segments"][best])

@@ -218,6 +218,14 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   return MODELS[name](config.model)
 
 
+def candidate_confidence(best: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """A segment-scoring model's score of its prediction as a confidence in [0, 1]: SST's
+  sigmoid, or for the video-level baseline 1 - d^2 / 4 (d: the distance of unit vectors)."""
+  if model_name(config) == "sst":
+    return jax.nn.sigmoid(best)
+  return 1.0 + best / 4.0
+
+
 def candidate_loss(out: dict[str, jax.Array], batch: dict[str, jax.Array],
                    config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """The training loss of a segment-scoring model, named as its metric."""
@@ -335,6 +343,8 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
 
   Returns:
     ``segments``: the predicted ``[s, e)``, int32 [batch, 2];
+    ``score``: the model's confidence in it, in [0, 1], float32 [batch]: the mean
+    p_inside over the segment, or a segment-scoring model's `candidate_confidence`;
     ``loss_c``: the co-attention loss of each example with the action and
     background masks of its predicted segment (the criterion weak training
     minimizes once masks are on; it reads no annotation), float32 [batch];
@@ -352,15 +362,21 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
     scores = jnp.where(out["candidate_mask"], out["candidate_scores"], candidates.NEG_INF)
     predicted = candidates.best_candidate(scores, batch["reference_length"])  # [batch, 2]
     len_ref = batch["reference_mask"].shape[1]
+    start, k = candidates.candidate_index(predicted, scores.shape[2])
+    best = scores[jnp.arange(scores.shape[0]), start, k]  # [batch]
+    score = candidate_confidence(best, config)  # [batch]
     out = {"probs": losses.soft_labels(predicted, len_ref),  # [batch, len_ref, 4]
            "attention": jnp.zeros(batch["reference_mask"].shape + (0,), jnp.float32)}
   else:
     predicted = predict_segments(out, batch, config)  # [batch, 2]
+    inside = losses.segment_mask(predicted, batch["reference_mask"].shape[1])  # [batch, len_ref]
+    score = (jnp.sum(jnp.where(inside, out["probs"][..., losses.INSIDE], 0.0), axis=1)
+             / jnp.maximum(inside.sum(axis=1), 1))  # [batch]
   loss_c = losses.coattention_per_example(
       batch["query"], batch["query_mask"], batch["reference"], batch["reference_mask"],
       out["probs"], config.loss.alpha,
       action_mask=losses.segment_mask(predicted, batch["reference_mask"].shape[1]))  # [batch]
-  return {"segments": predicted, "loss_c": loss_c, "probs": out["probs"],
+  return {"segments": predicted, "score": score, "loss_c": loss_c, "probs": out["probs"],
           "attention": out["attention"]}
 
 
