@@ -3,8 +3,8 @@
 One LSTM encodes the query and every candidate segment of the reference into unit
 vectors (`vreloc_jax.video_level`); the candidate nearest the query is the
 prediction. Trained with a triplet loss (`vreloc_jax.losses.triplet_loss`): the
-query is the anchor, the ground-truth segment the positive, candidates of the same
-reference with IoU below 0.5 the negatives. It compares whole segments with the
+query is the anchor, the ground-truth segment the positive, the nearest candidate of
+the same reference with IoU below 0.5 the negative. It compares whole segments with the
 query and never matches them step by step (the paper: 12.4 average top-1 mAP on
 ActivityNet).
 
@@ -21,9 +21,9 @@ Expected result (test split, top-1 mAP avg over IoU 0.5…0.9): README.md
 ("Results"), measured with these commands. ``:quick`` for a tiny smoke run.
 
 Choices the papers leave open, made here: candidates are all segments of 1-32
-steps; the triplet margin 0.2 on squared distances of unit vectors; negatives
-are the other candidates of the same reference (the hard ones a prediction must
-beat); in training the ground truth's start and `model.train_starts` random starts
+steps; the triplet margin 0.2 on squared distances of unit vectors; the
+negative is the hardest candidate of the same reference (the one a prediction must
+beat; the mean over all of them gave almost no gradient, `losses.triplet_loss`); in training the ground truth's start and `model.train_starts` random starts
 are scored. The model's own choices: `vreloc_jax.video_level`.
 """
 

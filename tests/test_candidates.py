@@ -91,7 +91,7 @@ def test_proposal_cross_entropy_matches_a_loop():
   assert any(positive.values()) and not all(positive.values())
 
 
-def test_triplet_loss_matches_a_loop_and_ignores_fillers():
+def test_triplet_loss_of_the_hardest_negative_matches_a_loop_and_ignores_fillers():
   scores, mask, example_mask = _loss_inputs(3)
   per_example = []
   for b in range(4):
@@ -101,10 +101,10 @@ def test_triplet_loss_matches_a_loop_and_ignores_fillers():
     if e0 <= s0:
       continue
     positive = scores[b, s0, e0 - s0 - 1]
-    hinges = [max(0.0, 0.3 + scores[b, s, k] - positive) for s, k, seg in grid()
-              if mask[b, s, k] and iou(SEGMENTS[b], seg) < 0.5]
-    if hinges:
-      per_example.append(np.mean(hinges))
+    negatives = [scores[b, s, k] for s, k, seg in grid()
+                 if mask[b, s, k] and iou(SEGMENTS[b], seg) < 0.5]
+    if negatives:
+      per_example.append(max(0.0, 0.3 + max(negatives) - positive))
   got = losses.triplet_loss(jnp.asarray(scores), jnp.asarray(mask), jnp.asarray(SEGMENTS),
                             jnp.asarray(example_mask), margin=0.3)
   np.testing.assert_allclose(float(got), np.mean(per_example), rtol=1e-5)

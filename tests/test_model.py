@@ -346,7 +346,7 @@ def test_model_config_defaults():
       "self_attention_heads": 2,
       "self_attention_head_dim": 32, "self_attention_out": 0, "frame_similarity": False,
       "query_blind": False, "lstm_dim": 128, "dropout_in": 0.4, "dropout_out": 0.2,
-      "dtype": "float32"}
+      "lstm_implementation": "auto", "dtype": "float32"}
 
 
 def test_apply_variant():

@@ -450,6 +450,11 @@ def export_model(workdir: str, checkpoint: str | int, output: str,
   output = check_output(output, overwrite)
   platforms = check_platforms(platforms)
   config = workdir_lib.load_config(workdir)
+  config_record = json.loads(config.to_json())  # As trained (W/config.json).
+  if train.model_name(config) == "relocalizer":
+    # Portable, batch-polymorphic programs: the scan LSTM (cuDNN's custom call is neither
+    # stable under jax.export nor shape-polymorphic); the parameters are the same.
+    config.model.lstm_implementation = "scan"
   if config.eval.inference not in train.INFERENCES:
     raise ValueError(f"{workdir}: eval.inference {config.eval.inference!r} is not one of "
                      f"{train.INFERENCES}")
@@ -477,7 +482,6 @@ def export_model(workdir: str, checkpoint: str | int, output: str,
       checks.append(_verify(runner, state["params"], program, exp, flat, config, feature_dim))
     blobs[program.file] = bytes(exp.serialize())
     calling_convention = exp.calling_convention_version
-  config_record = json.loads(config.to_json())
 
   metadata = {
       "format": exported_lib.FORMAT,

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vreloc_jax import recurrence
 from vreloc_jax.attention import MultiscaleAttention
 from vreloc_jax.attention import SelfAttention
 from vreloc_jax.attention import check_sequence
@@ -60,6 +61,7 @@ def model_config() -> ml_collections.ConfigDict:
   cfg.lstm_dim = 128  # Per BiLSTM direction (d_h, eq. 10) and 2nd LSTM (d_l, eq. 12).
   cfg.dropout_in = 0.4  # Dropout before the BiLSTM.
   cfg.dropout_out = 0.2  # Dropout after the BiLSTM.
+  cfg.lstm_implementation = "auto"  # "scan"/"cudnn"/"auto" (cudnn on one CUDA GPU): recurrence.py.
   cfg.dtype = "float32"  # "float32"/"bfloat16" compute; params, softmaxes, logits float32.
   return cfg
 
@@ -133,19 +135,22 @@ class LocalizationPredictor(nn.Module):
 
   Both recurrent layers get the reference lengths, so the backward direction of the
   BiLSTM starts at the last valid step, and forward outputs at valid steps never see
-  padding. BiLSTM outputs are zeroed at padded steps.
+  padding. BiLSTM outputs are zeroed at padded steps. The parameters are the same
+  whichever implementation runs the LSTMs (`vreloc_jax.recurrence`).
 
   Attributes:
     lstm_dim: hidden size of each BiLSTM direction and of the second LSTM.
     dropout_in: dropout rate before the BiLSTM.
     dropout_out: dropout rate after the BiLSTM.
     dtype: computation dtype (logits are returned in float32).
+    lstm_implementation: "scan", "cudnn" or "auto" (`recurrence.resolve`).
   """
 
   lstm_dim: int = 128
   dropout_in: float = 0.4
   dropout_out: float = 0.2
   dtype: Any = jnp.float32
+  lstm_implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -161,18 +166,15 @@ class LocalizationPredictor(nn.Module):
       padded steps are unspecified (ReLocalizer zeroes them).
     """
     lengths = mask.sum(axis=1).astype(jnp.int32)  # [B]
-
-    def cell() -> nn.OptimizedLSTMCell:
-      return nn.OptimizedLSTMCell(self.lstm_dim, dtype=self.dtype, parent=None)
+    options = dict(features=self.lstm_dim, dtype=self.dtype,
+                   implementation=self.lstm_implementation)
 
     x = mask_steps(x, mask)
     x = nn.Dropout(self.dropout_in)(x, deterministic=deterministic)
-    bilstm = nn.Bidirectional(nn.RNN(cell(), name="forward"),
-                              nn.RNN(cell(), name="backward"), name="bilstm")
-    h = bilstm(x, seq_lengths=lengths)  # [B, Lr, 2 * lstm_dim]
+    h = recurrence.bidirectional_lstm(x, lengths, **options)  # [B, Lr, 2 * lstm_dim]
     h = mask_steps(h, mask)
     h = nn.Dropout(self.dropout_out)(h, deterministic=deterministic)
-    h = nn.RNN(cell(), name="lstm")(h, seq_lengths=lengths)  # [B, Lr, lstm_dim]
+    h = recurrence.lstm(h, lengths, name="lstm", **options)  # [B, Lr, lstm_dim]
     logits = nn.Dense(NUM_CLASSES, dtype=self.dtype, name="classifier")(h)  # [B, Lr, 4]
     return logits.astype(jnp.float32)
 
@@ -244,8 +246,9 @@ class ReLocalizer(nn.Module):
       features.append(frame_similarity(reference, reference_mask, query,
                                        query_mask).astype(dtype))  # [B, Lr, 1]
     x = jnp.concatenate(features, axis=-1)  # [B, Lr, heads (+ h*d_k) (+ 1)]
-    logits = LocalizationPredictor(cfg.lstm_dim, cfg.dropout_in, cfg.dropout_out,
-                                   dtype=dtype, name="predictor")(
+    logits = LocalizationPredictor(cfg.lstm_dim, cfg.dropout_in, cfg.dropout_out, dtype=dtype,
+                                   lstm_implementation=cfg.get("lstm_implementation", "auto"),
+                                   name="predictor")(
                                        x, reference_mask, deterministic=deterministic)
     logits = mask_steps(logits, reference_mask)  # [B, Lr, 4]
     return {

@@ -42,10 +42,13 @@ TENSORBOARD_DIR = "tensorboard"
 PLOTS_DIR = "plots"
 BASELINES_NAME = "baselines_test.json"
 
-# Fields a rerun may change and still resume the same run (length, logging, evaluation).
+# Fields a rerun may change and still resume the same run (length, logging, evaluation,
+# and how the LSTMs run: every implementation has the same parameters; runs saved before
+# the field existed resume with it too).
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every",
                     "train.checkpoint_every", "train.keep_checkpoints", "eval.batch_size",
-                    "eval.baselines", "eval.select", "eval.plot_pairs")
+                    "eval.baselines", "eval.select", "eval.plot_pairs",
+                    "model.lstm_implementation")
 
 
 def config_file(workdir: str) -> str:
