@@ -17,7 +17,7 @@ why it is laid out so):
                         rule, checkpoint, provenance, the signature in words, the
                         programs and the size and SHA-256 of every other file
   params.npz            the parameters, one array per leaf, named by its key path
-                        ("predictor/bilstm/forward/cell/hi/kernel", ...)
+                        ("predictor/forward/cell/hi/kernel", ...)
   program_<k>.jaxexport `jax.export` serializations of the inference function, each
                         for a range of padded query/reference lengths
 
