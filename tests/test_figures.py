@@ -27,7 +27,10 @@ def test_plot_pair_writes_a_png(tmp_path):
   # Without attention (query-blind) or ground truth (a user's own pair): two panels.
   figures.plot_pair(str(tmp_path / "b.png"), probs, (0, 5), attention=np.zeros((40, 0)))
   assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "sub"]
+  # A comparator that scores whole segments (no per-step probabilities): the timeline alone.
+  figures.plot_pair(str(tmp_path / "c.png"), None, (3, 9), groundtruth=(4, 8), length=40)
+  assert image.imread(str(tmp_path / "c.png")).shape[0] < 300
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "c.png", "sub"]
 
 
 def test_head_labels_follow_the_groups():

@@ -78,7 +78,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
   results = train.evaluate(runner, state["params"], bench, split, output,
                            {"checkpoint_step": step, "selection": str(checkpoint),
                             "config": config.supervision,
-                            "variant": config.variant, "inference": config.eval.inference})
+                            "variant": config.variant, "inference": train.inference_name(config)})
   manager.close()
   return results
 

@@ -41,17 +41,18 @@ def head_labels(groups: Sequence[Sequence[int]]) -> list[tuple[int, str]]:
   return labels
 
 
-def plot_pair(path: str, probs: np.ndarray, predicted: Sequence[int], *,
+def plot_pair(path: str, probs: np.ndarray | None, predicted: Sequence[int], *,
               groundtruth: Sequence[int] | None = None, attention: np.ndarray | None = None,
               groups: Sequence[Sequence[int]] | None = None, title: str = "",
               seconds_per_step: float | None = None,
-              attention_label: str = "attention head") -> None:
+              attention_label: str = "attention head", length: int | None = None) -> None:
   """Writes the figure of one localized pair as a PNG.
 
   Args:
     path: the PNG to write (local or cloud storage).
     probs: float [len_ref, 4] per-step probabilities (start, end, inside, outside)
-      of the valid reference steps.
+      of the valid reference steps; None for a model without them (a comparator that
+      scores whole segments): no curves panel.
     predicted: the predicted ``[start, end)`` in reference steps.
     groundtruth: the annotated ``[start, end)``, when known.
     attention: float [len_ref, heads] H^matt, or None (no heat map panel).
@@ -60,6 +61,8 @@ def plot_pair(path: str, probs: np.ndarray, predicted: Sequence[int], *,
     attention_label: what the attention's rows are (`attention_rows`).
     title: the figure's title (which pair, which checkpoint).
     seconds_per_step: when given, a second x axis in seconds.
+    length: the reference's valid steps, when ``probs`` is None (default: up to the
+      last segment's end).
 
   Raises:
     ValueError: the arrays' shapes do not agree.
@@ -68,19 +71,22 @@ def plot_pair(path: str, probs: np.ndarray, predicted: Sequence[int], *,
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
-  probs = np.asarray(probs, np.float32)
-  if probs.ndim != 2 or probs.shape[1] != 4:
-    raise ValueError(f"probs must be [len_ref, 4], got {probs.shape}")
-  length = probs.shape[0]
+  if probs is not None:
+    probs = np.asarray(probs, np.float32)
+    if probs.ndim != 2 or probs.shape[1] != 4:
+      raise ValueError(f"probs must be [len_ref, 4], got {probs.shape}")
+    length = probs.shape[0]
+  else:
+    length = length or int(max(predicted[1], groundtruth[1] if groundtruth is not None else 0))
   has_attention = attention is not None and np.asarray(attention).size > 0
   if has_attention:
     attention = np.asarray(attention, np.float32)
     if attention.ndim != 2 or attention.shape[0] != length:
       raise ValueError(f"attention must be [len_ref={length}, heads], got {attention.shape}")
-  rows = 3 if has_attention else 2
-  heights = [0.6, 2.0, 2.4][:rows]
-  fig, axes = plt.subplots(rows, 1, figsize=(10, 1.2 + 1.3 * sum(heights)), sharex=True,
-                           gridspec_kw={"height_ratios": heights})
+  heights = [0.6] + ([2.0] if probs is not None else []) + ([2.4] if has_attention else [])
+  fig, axes = plt.subplots(len(heights), 1, figsize=(10, 1.2 + 1.3 * sum(heights)),
+                           sharex=True, gridspec_kw={"height_ratios": heights}, squeeze=False)
+  axes = axes[:, 0]
   steps = np.arange(length)
   edges = np.arange(length + 1) - 0.5
 
@@ -98,17 +104,18 @@ def plot_pair(path: str, probs: np.ndarray, predicted: Sequence[int], *,
   if title:
     timeline.set_title(title, fontsize=9)
 
-  curves = axes[1]
-  for name, column, color in _CURVES:
-    curves.plot(steps, probs[:, column], color=color, label=name, linewidth=1.2)
-  if groundtruth is not None:
-    curves.axvspan(groundtruth[0] - 0.5, groundtruth[1] - 0.5, color="tab:green", alpha=0.08)
-  curves.set_ylim(0.0, 1.0)
-  curves.set_ylabel("probability", fontsize=8)
-  curves.legend(loc="upper right", fontsize=7, ncol=3)
+  if probs is not None:
+    curves = axes[1]
+    for name, column, color in _CURVES:
+      curves.plot(steps, probs[:, column], color=color, label=name, linewidth=1.2)
+    if groundtruth is not None:
+      curves.axvspan(groundtruth[0] - 0.5, groundtruth[1] - 0.5, color="tab:green", alpha=0.08)
+    curves.set_ylim(0.0, 1.0)
+    curves.set_ylabel("probability", fontsize=8)
+    curves.legend(loc="upper right", fontsize=7, ncol=3)
 
   if has_attention:
-    heat = axes[2]
+    heat = axes[-1]
     image = heat.pcolormesh(edges, np.arange(attention.shape[1] + 1) - 0.5, attention.T,
                             cmap="viridis", shading="flat")
     heat.invert_yaxis()

@@ -217,12 +217,15 @@ def plot(result: Localized, path: str, model: Any,
   truth = None
   if groundtruth is not None:
     truth = (int(groundtruth[0]) - a, int(groundtruth[1]) - a)
-  figures.plot_pair(path, result.probs, (result.segment[0] - a, result.segment[1] - a),
+  # A comparator that scores whole segments has no per-step probabilities to draw.
+  probs = result.probs if model.metadata.get("per_step_probabilities", True) else None
+  figures.plot_pair(path, probs, (result.segment[0] - a, result.segment[1] - a),
                     groundtruth=truth, attention=result.attention,
                     groups=model.metadata.get("config", {}).get("model", {}).get(
                         "attention_groups"),
                     attention_label=figures.attention_rows(model.metadata.get("config", {})),
-                    title=f"query {result.query} in {result.reference} (window from step {a})")
+                    title=f"query {result.query} in {result.reference} (window from step {a})",
+                    length=result.window[1] - a)
 
 
 def _load_model(model_dir: str | None, workdir: str | None, checkpoint: str, tmp: str) -> Any:

@@ -218,6 +218,12 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   return MODELS[name](config.model)
 
 
+def inference_name(config: ml_collections.ConfigDict) -> str:
+  """How predictions are made, as results files record it: ``eval.inference``, or
+  "best_candidate" for a segment-scoring model."""
+  return "best_candidate" if scores_candidates(config) else config.eval.inference
+
+
 def candidate_confidence(best: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
   """A segment-scoring model's score of its prediction as a confidence in [0, 1]: SST's
   sigmoid, or for the video-level baseline 1 - d^2 / 4 (d: the distance of unit vectors)."""
@@ -803,7 +809,7 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
     results = evaluate(runner, state["params"], bench, "test",
                        workdir_lib.test_results_file(workdir, which, config.eval.select),
                        {"checkpoint_step": step, "selection": which, "config": config.supervision,
-                        "variant": config.variant, "inference": config.eval.inference})
+                        "variant": config.variant, "inference": inference_name(config)})
     test = test or results
     name = (f"ours ({config.supervision}, {config.variant}" if model_name(config) == "relocalizer"
             else f"{model_name(config)} ({config.supervision}")
