@@ -23,8 +23,9 @@ Expected result (test split, top-1 mAP avg over IoU 0.5…0.9): README.md
 Choices the papers leave open, made here: candidates are all segments of 1-32
 steps; the triplet margin 0.2 on squared distances of unit vectors; the
 negative is the hardest candidate of the same reference (the one a prediction must
-beat; the mean over all of them gave almost no gradient, `losses.triplet_loss`); in training the ground truth's start and `model.train_starts` random starts
-are scored. The model's own choices: `vreloc_jax.video_level`.
+beat; the mean over all of them gave almost no gradient, `losses.triplet_loss`); in
+training the ground truth's start and ``model.train_starts`` (4) random starts are
+scored. The model's own choices: `vreloc_jax.video_level`.
 """
 
 from configs import default

@@ -219,7 +219,7 @@ def test_gradient_step_with_dropout_and_triplet_loss(tiny_model):
 def test_config_defaults():
   assert video_level.video_level_config().to_dict() == {
       "num_lengths": 32, "embed_dim": 128, "hidden_dim": 128, "dropout": 0.2,
-      "train_starts": 16, "dtype": "float32"}
+      "train_starts": 4, "dtype": "float32"}
 
 
 def _lstm(inputs, units):  # input kernels, recurrent kernels, biases of the 4 gates
