@@ -47,6 +47,17 @@ def mask_steps(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
 
 
+def check_pair(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
+               reference_mask: jax.Array) -> None:
+  """`check_sequence` on both inputs of a model, and that they share batch and features."""
+  check_sequence("query", query, query_mask)
+  check_sequence("reference", reference, reference_mask)
+  if query.shape[0] != reference.shape[0] or query.shape[2] != reference.shape[2]:
+    raise ValueError(
+        f"query {query.shape} and reference {reference.shape} must share batch size "
+        "and feature dimension")
+
+
 def check_sequence(name: str, x: jax.Array, mask: jax.Array) -> None:
   """Raises ValueError unless `x` is [batch, length, features] with a matching mask."""
   if x.ndim != 3:

@@ -142,6 +142,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vreloc_jax.attention import _MASKED_SCORE
+from vreloc_jax.attention import check_pair
 from vreloc_jax.attention import check_sequence
 from vreloc_jax.attention import mask_steps
 from vreloc_jax.model import NUM_CLASSES
@@ -540,12 +541,7 @@ class CGBM(nn.Module):
     """
     cfg = self.config.model if "model" in self.config else self.config
     dtype = _dtype(cfg.dtype)
-    check_sequence("query", query, query_mask)
-    check_sequence("reference", reference, reference_mask)
-    if query.shape[0] != reference.shape[0] or query.shape[2] != reference.shape[2]:
-      raise ValueError(
-          f"query {query.shape} and reference {reference.shape} must share batch size "
-          "and feature dimension")
+    check_pair(query, query_mask, reference, reference_mask)
     query_mask = query_mask.astype(bool)
     reference_mask = reference_mask.astype(bool)
     query_lengths = query_mask.sum(axis=1).astype(jnp.int32)  # [B]

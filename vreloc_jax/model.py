@@ -25,7 +25,7 @@ import ml_collections
 from vreloc_jax import recurrence
 from vreloc_jax.attention import MultiscaleAttention
 from vreloc_jax.attention import SelfAttention
-from vreloc_jax.attention import check_sequence
+from vreloc_jax.attention import check_pair
 from vreloc_jax.attention import frame_similarity
 from vreloc_jax.attention import mask_steps
 from vreloc_jax.attention import normalize_groups
@@ -212,12 +212,7 @@ class ReLocalizer(nn.Module):
     """
     cfg = self.config.model if "model" in self.config else self.config
     dtype = _dtype(cfg.dtype)
-    check_sequence("query", query, query_mask)
-    check_sequence("reference", reference, reference_mask)
-    if query.shape[0] != reference.shape[0] or query.shape[2] != reference.shape[2]:
-      raise ValueError(
-          f"query {query.shape} and reference {reference.shape} must share batch size "
-          "and feature dimension")
+    check_pair(query, query_mask, reference, reference_mask)
     query_mask = query_mask.astype(bool)
     reference_mask = reference_mask.astype(bool)
 

@@ -112,7 +112,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vreloc_jax import candidates
-from vreloc_jax.attention import check_sequence
+from vreloc_jax.attention import check_pair
 from vreloc_jax.attention import mask_steps
 from vreloc_jax.model import _dtype
 
@@ -172,12 +172,7 @@ class SST(nn.Module):
     cfg = self.config.model if "model" in self.config else self.config
     _check_config(cfg)
     dtype = _dtype(cfg.dtype)
-    check_sequence("query", query, query_mask)
-    check_sequence("reference", reference, reference_mask)
-    if query.shape[0] != reference.shape[0] or query.shape[2] != reference.shape[2]:
-      raise ValueError(
-          f"query {query.shape} and reference {reference.shape} must share batch size "
-          "and feature dimension")
+    check_pair(query, query_mask, reference, reference_mask)
     reference_mask = reference_mask.astype(bool)
     len_ref = reference.shape[1]
     lengths = reference_mask.sum(axis=1).astype(jnp.int32)  # [B]

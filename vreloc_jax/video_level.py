@@ -98,7 +98,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vreloc_jax import candidates
-from vreloc_jax.attention import check_sequence
+from vreloc_jax.attention import check_pair
 from vreloc_jax.attention import mask_steps
 from vreloc_jax.model import _dtype
 
@@ -197,12 +197,7 @@ class VideoLevel(nn.Module):
     if num_lengths < 1 or cfg.train_starts < 0 or not 0.0 <= cfg.dropout < 1.0:
       raise ValueError(f"video_level: num_lengths must be >= 1, train_starts >= 0 and dropout "
                        f"in [0, 1); got {num_lengths}, {cfg.train_starts}, {cfg.dropout}")
-    check_sequence("query", query, query_mask)
-    check_sequence("reference", reference, reference_mask)
-    if query.shape[0] != reference.shape[0] or query.shape[2] != reference.shape[2]:
-      raise ValueError(
-          f"query {query.shape} and reference {reference.shape} must share batch size "
-          "and feature dimension")
+    check_pair(query, query_mask, reference, reference_mask)
     batch, len_ref = reference.shape[0], reference.shape[1]
     sampled = segment is not None and not deterministic
     if sampled and tuple(segment.shape) != (batch, 2):
