@@ -49,6 +49,9 @@ def test_files_and_manifest(generated):
   assert manifest["seed"] == 0 and manifest["scale"] == SCALE
   assert manifest["version"] == synthetic.VERSION
   assert manifest["params"]["class_dim"] == synthetic.DEFAULT_PARAMS.class_dim
+  world = synthetic.make_world(0, 1, synthetic.DEFAULT_PARAMS)
+  np.testing.assert_allclose(synthetic.class_subspace_projector(generated), world.class_basis,
+                             atol=1e-6)
   with open(os.path.join(generated, "test.json")) as f:
     raw = json.load(f)
   assert list(raw[0]) == ["id", "label", "location", "groundtruth"]
@@ -202,11 +205,49 @@ def test_splits_from(generated, tmp_path):
     synthetic.generate(str(tmp_path / "x"), splits_from=str(tmp_path / "nowhere"))
 
 
-def test_render_video_structure():
+def test_render_video_structure_v4():
   params = synthetic.DEFAULT_PARAMS
   world = synthetic.make_world(0, 4, params)
+  assert world.action_direction is None and world.prototypes is None
+  assert len({tuple(a) for a in world.class_atoms}) == 4  # Distinct ordered sequences.
+  pieces = [synthetic._Piece(10, 22, 1, "entry"), synthetic._Piece(40, 46, 2, "distractor")]
+  features, class_coords = synthetic.render_video(pieces, 80, 1, world, params,
+                                                  np.random.default_rng(0))
+  assert features.shape == (80, 500) and features.dtype == np.float32
+  nearest = np.argmax(class_coords @ world.atoms.T, axis=1)  # [80] atom shown at each step
+  own, other = world.class_atoms[1].tolist(), world.class_atoms[2].tolist()
+  # The instance plays its class's atoms in the class's order (its edge steps cross-fade).
+  inside = [own.index(a) for a in nearest[11:21]]
+  assert inside == sorted(inside) and inside[0] == 0 and len(set(inside)) >= len(own) - 1
+  # Context (everywhere but the two instances) shows the class's own atoms too ...
+  context = np.r_[0:9, 23:39, 47:80]
+  assert set(nearest[context].tolist()) <= set(own)
+  assert [a for a in nearest[41:45] if a not in own] and set(nearest[41:45]) <= set(other)
+  # ... with the same energy as the instance: nothing but the order marks the action.
+  norms = np.linalg.norm(class_coords, axis=1)  # Each piece's gain is drawn from one range.
+  low, high = (params.class_scale * g for g in params.amplitude_range)
+  assert norms.max() <= high + 1e-4
+  assert low * 0.9 <= norms[11:21].mean() and low * 0.9 <= norms[context].mean()
+  appearance = np.linalg.norm((features @ world.appearance_basis)[:, :], axis=1)
+  assert abs(appearance[11:21].mean() / appearance[context].mean() - 1.0) < 0.1
+  # The class part of the features is the class part plus in-subspace noise only.
+  projected = features @ world.class_basis
+  assert np.abs(projected - class_coords).mean() < 0.5 * params.class_scale
+
+
+def test_context_never_plays_the_class_order():
+  own = np.array([3, 7, 1, 12])
+  rng = np.random.default_rng(0)
+  orders = [tuple(synthetic._context_atoms(own, rng)) for _ in range(500)]
+  assert tuple(own) not in orders and len(set(orders)) == 23  # Every other permutation.
+  assert all(sorted(o) == sorted(own) for o in orders)
+
+
+def test_render_video_structure_v3():
+  params = synthetic.params_for(3)
+  world = synthetic.make_world(0, 4, params)
   pieces = [synthetic._Piece(10, 20, 1, "entry"), synthetic._Piece(30, 34, 2, "distractor")]
-  features, class_coords = synthetic.render_video(pieces, 40, world, params,
+  features, class_coords = synthetic.render_video(pieces, 40, 1, world, params,
                                                   np.random.default_rng(0))
   assert features.shape == (40, 500) and features.dtype == np.float32
   # Outside the video's own instance (distractor included) the class part holds the
@@ -221,9 +262,21 @@ def test_render_video_structure():
   along_action = (features @ world.appearance_basis)[[15, 32]] @ world.action_direction
   assert np.all(along_action > 0.5 * params.action_scale)
   assert np.all(np.abs((features @ world.appearance_basis)[[5, 25]] @ world.action_direction) < 1)
-  # The class part of the features is the class trajectory plus in-subspace noise only.
-  projected = features @ world.class_basis
-  assert np.abs(projected - class_coords).mean() < 0.5 * params.class_scale
+
+
+def test_versions(tmp_path):
+  """Version 3 stays available (its README rows reproduce); a version that does not exist is refused."""
+  out = str(tmp_path / "v3")
+  synthetic.generate(out, seed=0, scale=0.01, version=3)
+  with open(os.path.join(out, synthetic.MANIFEST_NAME)) as f:
+    manifest = json.load(f)
+  assert manifest["version"] == 3 and "action_scale" in manifest["params"]
+  assert synthetic.class_subspace_projector(out).shape == (synthetic.FEATURE_DIM, 24)
+  # The same layout as version 4: only the features differ.
+  assert synthetic.generate_splits(0, 0.01, synthetic.params_for(3))["test"] == \
+      synthetic.generate_splits(0, 0.01)["test"]
+  with pytest.raises(ValueError, match="version 5 does not exist"):
+    synthetic.generate(str(tmp_path / "v5"), seed=0, scale=0.01, version=5)
 
 
 def test_ar1_matches_recursion():
@@ -275,3 +328,15 @@ def test_measured_constants_are_the_module_constants():
   assert abs(real["p_hidden_before"] - synthetic.P_HIDDEN_BEFORE) < 1e-3
   assert abs(real["p_hidden_between"] - synthetic.P_HIDDEN_BETWEEN) < 1e-3
   assert abs(real["p_hidden_after"] - synthetic.P_HIDDEN_AFTER) < 1e-3
+
+
+def test_config_selects_the_version(monkeypatch, tmp_path):
+  from configs import default
+  from vreloc_jax import train
+  monkeypatch.setenv("VRELOC_CACHE", str(tmp_path))
+  config = default.get_config()
+  assert train.synthetic_dir(config) == str(tmp_path / "synthetic-v4-seed0-scale1")
+  config.data.synthetic_version = 3
+  assert train.synthetic_dir(config) == str(tmp_path / "synthetic-v3-seed0-scale1")
+  del config.data.synthetic_version  # A work directory from before the field: version 3.
+  assert train.synthetic_version(config) == 3

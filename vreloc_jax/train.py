@@ -91,12 +91,16 @@ def cache_root() -> str:
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vreloc_jax")
 
 
+def synthetic_version(config: ml_collections.ConfigDict) -> int:
+  """The synthetic generator version of a config (work directories from before the field: 3)."""
+  return int(config.data.get("synthetic_version", 3))
+
+
 def synthetic_dir(config: ml_collections.ConfigDict) -> str:
   """Where the synthetic default benchmark of a config is cached."""
   if config.data.synthetic_dir:
     return config.data.synthetic_dir
-  from vreloc_jax.data import synthetic  # Imported lazily: only the default needs it.
-  return storage.join(cache_root(), f"synthetic-v{synthetic.VERSION}-seed"
+  return storage.join(cache_root(), f"synthetic-v{synthetic_version(config)}-seed"
                       f"{config.data.synthetic_seed}-scale{config.data.synthetic_scale:g}")
 
 
@@ -139,7 +143,8 @@ def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
     out = synthetic_dir(config)
     manifest_name = synthetic.MANIFEST_NAME
     build = functools.partial(synthetic.generate, out, seed=config.data.synthetic_seed,
-                              scale=config.data.synthetic_scale)
+                              scale=config.data.synthetic_scale,
+                              version=synthetic_version(config))
   if jax.process_index() == 0 or storage.is_local(out):
     logging.info("Generated benchmark: %s (built once, then cached).", out)
     build()  # A cache hit (same generator version and settings) is instant.
