@@ -18,7 +18,7 @@ Variants: ``configs/weak.py:base`` (and ``multiscale``, ``selfatt``),
 
 Expected result (test split, top-1 mAP avg over IoU 0.5…0.9), measured with
 these exact commands: README.md ("Results"); on the real recordings 55.2
-(seed 0; 49.2 with ``--config.seed=1``)
+(seed 0; 49.2 and 54.3 with ``--config.seed=1`` and ``2``)
 (frame-level baseline 61.6, statistical prior 13.5); on the synthetic
 default (generator v4) 8.4, no better than the prior (9.8; frame-level 11.9):
 there an instance's mean input feature equals its context's, and the
