@@ -919,7 +919,7 @@ def generate(out_dir: str, seed: int = 0, scale: float = 1.0, splits_from: str |
             "feature_file_bytes": os.path.getsize(os.path.join(tmp, HDF5_NAME))}
 
   return directory.build_directory(out_dir, manifest, MANIFEST_NAME, fill,
-                                   f"this synthetic dataset (seed {seed}, scale {scale})",
+                                   f"this synthetic dataset (version {version_of(params)}, seed {seed}, scale {scale})",
                                    overwrite=overwrite)
 
 
