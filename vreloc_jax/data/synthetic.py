@@ -161,7 +161,28 @@ BACKGROUND_CORRELATION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureParams:
+class _SharedParams:
+  """The settings both feature models have (subspaces, background, noise, timing, layout)."""
+
+  class_dim: int = 24  # Dimension of the class subspace.
+  appearance_dim: int = 400  # Dimension of the appearance subspace.
+  background_dim: int = 32  # Dimension of the background subspace.
+  class_scale: float = 5.0  # Norm of the class part.
+  scene_scale: float = 2.0  # Norm scale of a scene vector.
+  drift_scale: float = 1.5  # Stationary norm scale of the drift.
+  drift_rho: float = 0.9  # AR(1) coefficient of the drift per feature step.
+  noise_scale: float = 0.2  # Root-mean-square per-dimension white noise.
+  noise_decay: float = 0.5  # Spectrum: std of dimension i ∝ (i + 10) ** -noise_decay.
+  num_scenes: int = 64  # Scenes shared by all videos.
+  speed_sigma: float = 0.3  # Log-normal spread of the playing-speed warp.
+  amplitude_range: tuple[float, float] = (0.8, 1.2)  # Per-piece gain of the class part.
+  distractor_probability: float = 0.1  # Chance a background slot holds a distractor.
+  distractor_spacing: int = 20  # A background gap has one slot per this many steps (at least 1).
+  hidden_mean_length: float = 40.0  # Mean extra length (over 32) of an unlisted instance.
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureParams(_SharedParams):
   """The generative model of the features, version 4 (see the module docstring).
 
   A video is a tiling of its timeline by *pieces*: its annotated (and
@@ -181,31 +202,16 @@ class FeatureParams:
   instances apart from context pieces but the order of their atoms.
   """
 
-  class_dim: int = 24  # Dimension of the class subspace (holds the atoms).
-  appearance_dim: int = 400  # Dimension of the appearance subspace.
-  background_dim: int = 32  # Dimension of the background subspace.
-  num_atoms: int = 16  # Atoms (sub-actions) shared by all classes.
+  num_atoms: int = 16  # Atoms (sub-actions, in the class subspace) shared by all classes.
   atoms_per_class: int = 4  # A class is an ordered sequence of this many distinct atoms.
   atom_jitter: float = 0.3  # Per-piece perturbation of each atom (relative norm).
-  class_scale: float = 5.0  # Norm of the class part.
   video_appearance_scale: float = 6.0  # Norm of a video's appearance (every step).
   piece_appearance_scale: float = 1.0  # Norm of a piece's own appearance.
-  scene_scale: float = 2.0  # Norm scale of a scene vector.
-  drift_scale: float = 1.5  # Stationary norm scale of the drift.
-  drift_rho: float = 0.9  # AR(1) coefficient of the drift per feature step.
-  noise_scale: float = 0.2  # Root-mean-square per-dimension white noise.
-  noise_decay: float = 0.5  # Spectrum: std of dimension i ∝ (i + 10) ** -noise_decay.
-  num_scenes: int = 64  # Scenes shared by all videos.
-  speed_sigma: float = 0.3  # Log-normal spread of the playing-speed warp.
-  amplitude_range: tuple[float, float] = (0.8, 1.2)  # Per-piece gain of the class part.
   ramp_range: tuple[float, float] = (0.5, 1.5)  # Half-width of a boundary's cross-fade (steps).
-  distractor_probability: float = 0.1  # Chance a background slot holds a distractor.
-  distractor_spacing: int = 20  # A background gap has one slot per this many steps (at least 1).
-  hidden_mean_length: float = 40.0  # Mean extra length (over 32) of an unlisted instance.
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureParamsV3:
+class FeatureParamsV3(_SharedParams):
   """Generator version 3's feature model (kept so that its published numbers reproduce).
 
   Per feature step t of a video, in 500 dimensions:
@@ -222,26 +228,12 @@ class FeatureParamsV3:
   ``noise_scale``).
   """
 
-  class_dim: int = 24  # Dimension of the class subspace.
-  appearance_dim: int = 400  # Dimension of the instance-appearance subspace.
-  background_dim: int = 32  # Dimension of the background subspace.
   num_prototypes: int = 4  # Prototype vectors per class trajectory.
-  class_scale: float = 5.0  # Norm of the class trajectory.
   context_scale: float = 11.0  # Norm of the class context outside the video's own instances.
   action_scale: float = 6.0  # Norm of the action direction shared by every instance.
   appearance_scale: float = 8.0  # Norm of an instance's appearance vector.
-  scene_scale: float = 2.0  # Norm scale of a scene vector.
-  drift_scale: float = 1.5  # Stationary norm scale of the drift.
-  drift_rho: float = 0.9  # AR(1) coefficient of the drift per feature step.
-  noise_scale: float = 0.2  # Root-mean-square per-dimension white noise.
-  noise_decay: float = 0.5  # Spectrum: std of dimension i ∝ (i + 10) ** -noise_decay.
-  num_scenes: int = 64  # Scenes shared by all videos.
-  speed_sigma: float = 0.3  # Log-normal spread of the playing-speed warp.
-  amplitude_range: tuple[float, float] = (0.8, 1.2)  # Per-instance gain of the class pattern.
   edge_gain: float = 0.5  # Gain of an instance's first and last step (clips straddle its bounds).
   distractor_probability: float = 0.4  # Chance a background slot holds a distractor.
-  distractor_spacing: int = 20  # A background gap has one slot per this many steps (at least 1).
-  hidden_mean_length: float = 40.0  # Mean extra length (over 32) of an unlisted instance.
 
 
 DEFAULT_PARAMS = FeatureParams()
