@@ -79,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   train.checkpoint_every = 50  # Steps between checkpoints; evaluations and the last step save too.
   train.keep_checkpoints = 2  # Latest checkpoints kept (the best by val mAP_avg is kept too).
 
+  config.compile = comp = ml_collections.ConfigDict()
+  comp.cpu_optimization_level = 1  # XLA:CPU's LLVM level (XLA's default 2): compiles faster, steps as fast.
+  comp.ahead = True  # Compile the programs a run will need in a background thread (compilation.py).
+
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 128  # Global evaluation batch.
   ev.inference = "weak"  # weak: longest run above mean p_inside | full: start/end search |

@@ -940,3 +940,39 @@ def test_prefetch():
   assert next(out) == 1
   with pytest.raises(KeyError, match="broken reader"):
     next(out)
+
+
+def layout_of(batch):
+  return {k: (v.shape, v.dtype.type) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("query_buckets", [QUERY_BUCKETS, (16,)])
+@pytest.mark.parametrize("supervision", ["weak", "full"])
+def test_train_layout_is_the_batch_layout_without_reading_features(bench, supervision,
+                                                                   query_buckets):
+  """What `compilation` plans a run's programs from: the batch each step will make."""
+  entries = load(bench, "train")
+  if supervision == "weak":
+    sampler = pairs.WeakSampler(*pairs.weak_split(entries, seed=0))
+  else:
+    sampler = pairs.FullSampler(entries)
+  store = open_store(bench, "npy")
+  train = batching.TrainBatches(sampler.sample, store, 8, query_buckets, REFERENCE_BUCKETS,
+                                seed=1)
+  layouts = {}
+  for step in range(12):
+    planned = train.layout(step, dim=8)
+    assert planned == layout_of(train.batch(step)), step
+    layouts[repr(planned)] = planned
+  assert len(layouts) > 1  # several reference buckets were planned
+
+
+def test_eval_layouts_are_those_of_the_eval_batches_in_order(bench):
+  ps = pairs.eval_pairs(load(bench, "train"))
+  store = open_store(bench, "hdf5")
+  seen = []
+  for _, batch in batching.eval_batches(ps, store, 8, QUERY_BUCKETS, REFERENCE_BUCKETS):
+    if layout_of(batch) not in seen:
+      seen.append(layout_of(batch))
+  assert batching.eval_layouts(ps, 8, QUERY_BUCKETS, REFERENCE_BUCKETS, dim=8) == seen
+  assert len(seen) > 1

@@ -46,6 +46,7 @@ import optax
 from vreloc_jax import candidates
 from vreloc_jax import cgbm
 from vreloc_jax import checkpoints
+from vreloc_jax import compilation
 from vreloc_jax import losses
 from vreloc_jax import metrics
 from vreloc_jax import segments
@@ -407,21 +408,54 @@ class Runner:
     self.model = create_model(config)
     replicated = sharding.replicated(mesh)
     batch = sharding.batch_sharding(mesh)
+    options = compilation.compiler_options(config, mesh.devices.flat[0].platform)
     self.init = jax.jit(functools.partial(create_train_state, config, self.model,
-                                          feature_dim=feature_dim), out_shardings=replicated)
-    self.train_step = jax.jit(functools.partial(train_step, model=self.model, config=config),
-                              in_shardings=(replicated, batch, replicated),
-                              out_shardings=(replicated, replicated), donate_argnums=(0,))
-    self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, config=config),
-                             in_shardings=(replicated, batch), out_shardings=replicated)
+                                          feature_dim=feature_dim), out_shardings=replicated,
+                        compiler_options=options)
+    self.train_step = compilation.Program(jax.jit(
+        functools.partial(train_step, model=self.model, config=config),
+        in_shardings=(replicated, batch, replicated), out_shardings=(replicated, replicated),
+        donate_argnums=(0,), compiler_options=options))
+    self.eval_step = compilation.Program(jax.jit(
+        functools.partial(eval_step, model=self.model, config=config),
+        in_shardings=(replicated, batch), out_shardings=replicated, compiler_options=options))
     self.leaves_finite = jax.jit(leaves_finite, out_shardings=replicated)
+    self._abstract_state = None
 
   def abstract_state(self) -> Any:
     """Shapes, dtypes and (replicated) shardings of the state: the restore target."""
-    shapes = jax.eval_shape(self.init, jax.random.key(0))
-    replicated = sharding.replicated(self.mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                        shapes)
+    if self._abstract_state is None:
+      shapes = jax.eval_shape(self.init, jax.random.key(0))
+      replicated = sharding.replicated(self.mesh)
+      self._abstract_state = jax.tree.map(
+          lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+    return self._abstract_state
+
+  def abstract_batch(self, layout: dict[str, tuple[tuple[int, ...], type]]
+                     ) -> dict[str, jax.ShapeDtypeStruct]:
+    """A global batch of `batching.batch_layout` ``layout``, as sharded abstract arrays."""
+    batch = sharding.batch_sharding(self.mesh)
+    return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch)
+            for name, (shape, dtype) in layout.items()}
+
+  def compile_ahead(self, plan: Sequence[tuple[str, dict]], rng: jax.Array) -> None:
+    """Compiles programs in the background, in the order of ``plan`` (`compile_plan`).
+
+    Args:
+      plan: ("train" or "eval", `batching.batch_layout`) of the batches to come.
+      rng: the train step's ``rng`` argument (only its signature is used).
+    """
+    state = self.abstract_state()
+    for kind, layout in plan:
+      if kind == "train":
+        self.train_step.compile_ahead(state, self.abstract_batch(layout), rng)
+      else:
+        self.eval_step.compile_ahead(state["params"], self.abstract_batch(layout))
+
+  def close(self) -> None:
+    """Drops the background compilations not started yet."""
+    self.train_step.cancel()
+    self.eval_step.cancel()
 
   def predict(self, params: Any, pairs: list[pairs_lib.Pair], store: FeatureStore,
               keep: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, dict[int, Any]]:
@@ -514,6 +548,34 @@ def make_train_batches(config: ml_collections.ConfigDict, bench: Benchmark
                                config.data.query_buckets, config.data.reference_buckets,
                                seed=config.seed, process_index=jax.process_index(),
                                process_count=jax.process_count())
+
+
+def compile_plan(config: ml_collections.ConfigDict, bench: Benchmark,
+                 batches: batching.TrainBatches, first_step: int) -> list[tuple[str, dict]]:
+  """The programs a run needs from ``first_step`` on, in the order it first needs them.
+
+  Returns:
+    ("train" or "eval", `batching.batch_layout`) of each distinct global batch shape:
+    the train batches of the remaining steps, the val batches at the first evaluation
+    to come, the test batches at the end.
+  """
+  num_steps, every = config.train.num_steps, config.train.eval_every
+  dim = bench.feature_dim
+  first_use: dict[tuple, tuple[float, str, dict]] = {}
+
+  def note(when: float, kind: str, layout: dict) -> None:
+    key = (kind, tuple(sorted((k, shape, np.dtype(t).str) for k, (shape, t) in layout.items())))
+    first_use.setdefault(key, (when, kind, layout))
+
+  for step in range(first_step, num_steps):  # the batch of step + 1
+    note(step, "train", batches.layout(step, dim))
+  next_eval = min(num_steps, (first_step // every + 1) * every)
+  for split, when in (("val", next_eval - 0.5), ("test", num_steps)):
+    for layout in batching.eval_layouts(bench.pairs[split], config.eval.batch_size,
+                                        config.data.query_buckets,
+                                        config.data.reference_buckets, dim):
+      note(when, "eval", layout)
+  return [(kind, layout) for _, kind, layout in sorted(first_use.values(), key=lambda v: v[0])]
 
 
 def _check_finite(step: int, values: dict[str, Any]) -> dict[str, float]:
@@ -744,6 +806,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return _train_then_test(config, workdir, stop, bench, runner, manager, writer, init_rng,
                             step_rng)
   finally:
+    runner.close()
     writer.close()
     manager.close()
 
@@ -754,15 +817,18 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
                      step_rng: jax.Array) -> dict[str, Any]:
   """The training loop from the latest checkpoint, then the test evaluation."""
   mesh = runner.mesh
+  step_rng = sharding.replicate(jax.random.key_data(step_rng), mesh)
+  batches = make_train_batches(config, bench)
+  num_steps = config.train.num_steps
+  if (config.get("compile") or {}).get("ahead", True):
+    # While the parameters are initialized or restored, and then while it trains.
+    runner.compile_ahead(compile_plan(config, bench, batches, manager.latest_step() or 0),
+                         step_rng)
   state = checkpoints.restore(manager, "latest", runner.abstract_state())
   if state is None:
     state = runner.init(init_rng)
   else:
     logging.info("Resumed from step %d of %s.", int(state["step"]), manager.directory)
-  step_rng = sharding.replicate(jax.random.key_data(step_rng), mesh)
-
-  batches = make_train_batches(config, bench)
-  num_steps = config.train.num_steps
   first_step = int(state["step"])
   writer.truncate_after(first_step)
   _stop_if_signalled(stop, first_step)  # A signal during the set-up: nothing new to save.

@@ -48,7 +48,8 @@ BASELINES_NAME = "baselines_test.json"
 RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every",
                     "train.checkpoint_every", "train.keep_checkpoints", "eval.batch_size",
                     "eval.baselines", "eval.select", "eval.plot_pairs",
-                    "model.lstm_implementation")
+                    "model.lstm_implementation", "compile.cpu_optimization_level",
+                    "compile.ahead")
 
 
 def config_file(workdir: str) -> str:

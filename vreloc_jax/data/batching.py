@@ -48,6 +48,23 @@ def local_slice(global_size: int, process_index: int, process_count: int) -> sli
   return slice(process_index * per, (process_index + 1) * per)
 
 
+def batch_layout(size: int, query_length: int, reference_length: int, dim: int,
+                 with_segment: bool) -> dict[str, tuple[tuple[int, ...], type]]:
+  """Name -> (shape, dtype) of every array of a batch (the module docstring's table)."""
+  layout = {
+      "query": ((size, query_length, dim), np.float32),
+      "query_mask": ((size, query_length), np.bool_),
+      "query_length": ((size,), np.int32),
+      "reference": ((size, reference_length, dim), np.float32),
+      "reference_mask": ((size, reference_length), np.bool_),
+      "reference_length": ((size,), np.int32),
+      "example_mask": ((size,), np.bool_),
+  }
+  if with_segment:
+    layout["segment"] = ((size, 2), np.int32)
+  return layout
+
+
 def make_batch(examples: Sequence[Example], store: FeatureStore, query_length: int,
                reference_length: int, example_mask: Sequence[bool] | None = None) -> dict[str, np.ndarray]:
   """Reads and pads the features of ``examples`` into one batch dict.
@@ -59,21 +76,13 @@ def make_batch(examples: Sequence[Example], store: FeatureStore, query_length: i
     first = examples[0]
     store.window(first.query_video, *first.query_span)
     dim = store.feature_dim
-  batch = {
-      "query": np.zeros((n, query_length, dim), np.float32),
-      "query_mask": np.zeros((n, query_length), bool),
-      "query_length": np.zeros((n,), np.int32),
-      "reference": np.zeros((n, reference_length, dim), np.float32),
-      "reference_mask": np.zeros((n, reference_length), bool),
-      "reference_length": np.zeros((n,), np.int32),
-      "example_mask": np.ones((n,), bool) if example_mask is None else np.asarray(example_mask, bool),
-  }
   annotated = [ex.segment is not None for ex in examples]
   if any(annotated) and not all(annotated):
     raise ValueError("a batch mixes annotated and unannotated examples")
   with_segment = all(annotated)
-  if with_segment:
-    batch["segment"] = np.zeros((n, 2), np.int32)
+  batch = {name: np.zeros(shape, dtype) for name, (shape, dtype)
+           in batch_layout(n, query_length, reference_length, dim, with_segment).items()}
+  batch["example_mask"][:] = True if example_mask is None else np.asarray(example_mask, bool)
   for i, ex in enumerate(examples):
     lq, lr = ex.query_length, ex.reference_length
     if lq > query_length or lr > reference_length:
@@ -128,13 +137,33 @@ class TrainBatches:
       raise RuntimeError(f"could not fill a batch of reference bucket {bucket}")
     return chosen
 
+  def _buckets(self, examples: Sequence[Example]) -> tuple[int, int]:
+    """(query bucket, reference bucket) of a batch of ``examples``."""
+    return (bucket_for(max(ex.query_length for ex in examples), self.query_buckets, "query"),
+            bucket_for(max(ex.reference_length for ex in examples), self.reference_buckets,
+                       "reference"))
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's slice of the batch of ``step``."""
     examples = self.examples(step)
-    ref_len = bucket_for(max(ex.reference_length for ex in examples), self.reference_buckets,
-                         "reference")
-    query_len = bucket_for(max(ex.query_length for ex in examples), self.query_buckets, "query")
-    return make_batch(examples[self.slice], self.store, query_len, ref_len)
+    return make_batch(examples[self.slice], self.store, *self._buckets(examples))
+
+  def layout(self, step: int, dim: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """The global batch of ``step``'s `batch_layout`, without reading features.
+
+    With one query bucket only the first example is drawn (it fixes the reference
+    bucket), so this is cheap enough to plan a whole run's compilations.
+    """
+    if len(self.query_buckets) == 1:
+      first = self.sample(np.random.default_rng((self.seed, step)))  # as `examples` draws it
+      buckets = (self.query_buckets[0],
+                 bucket_for(first.reference_length, self.reference_buckets, "reference"))
+      annotated = first.segment is not None
+    else:
+      examples = self.examples(step)
+      buckets = self._buckets(examples)
+      annotated = all(ex.segment is not None for ex in examples)
+    return batch_layout(self.global_batch_size, *buckets, dim, annotated)
 
 
 def eval_batches(pairs: Sequence[Pair], store: FeatureStore, global_batch_size: int,
@@ -149,13 +178,8 @@ def eval_batches(pairs: Sequence[Pair], store: FeatureStore, global_batch_size: 
     slice of the batch.
   """
   examples = [example_from_pair(p) for p in pairs]
-  by_bucket: dict[int, list[int]] = {}
-  for i, ex in enumerate(examples):
-    by_bucket.setdefault(bucket_for(ex.reference_length, reference_buckets, "reference"), []).append(i)
   part = local_slice(global_batch_size, process_index, process_count)
-  for bucket in sorted(by_bucket):
-    members = by_bucket[bucket]
-    query_len = bucket_for(max(examples[i].query_length for i in members), query_buckets, "query")
+  for query_len, bucket, members in _eval_groups(examples, query_buckets, reference_buckets):
     for start in range(0, len(members), global_batch_size):
       chunk = members[start:start + global_batch_size]
       indices = np.full((global_batch_size,), -1, np.int64)
@@ -163,6 +187,26 @@ def eval_batches(pairs: Sequence[Pair], store: FeatureStore, global_batch_size: 
       filled = [examples[i if i >= 0 else chunk[0]] for i in indices]
       batch = make_batch(filled[part], store, query_len, bucket, (indices >= 0)[part])
       yield indices, batch
+
+
+def _eval_groups(examples: Sequence[Example], query_buckets: Sequence[int],
+                 reference_buckets: Sequence[int]) -> list[tuple[int, int, list[int]]]:
+  """(query bucket, reference bucket, example indices) of each reference bucket, in order."""
+  by_bucket: dict[int, list[int]] = {}
+  for i, ex in enumerate(examples):
+    by_bucket.setdefault(bucket_for(ex.reference_length, reference_buckets, "reference"), []).append(i)
+  return [(bucket_for(max(examples[i].query_length for i in by_bucket[b]), query_buckets, "query"),
+           b, by_bucket[b]) for b in sorted(by_bucket)]
+
+
+def eval_layouts(pairs: Sequence[Pair], global_batch_size: int, query_buckets: Sequence[int],
+                 reference_buckets: Sequence[int], dim: int
+                 ) -> list[dict[str, tuple[tuple[int, ...], type]]]:
+  """The `batch_layout` of each global batch shape `eval_batches` yields, in its order."""
+  examples = [example_from_pair(p) for p in pairs]
+  annotated = bool(examples) and all(ex.segment is not None for ex in examples)
+  return [batch_layout(global_batch_size, query_len, bucket, dim, annotated)
+          for query_len, bucket, _ in _eval_groups(examples, query_buckets, reference_buckets)]
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

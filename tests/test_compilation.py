@@ -1,0 +1,170 @@
+"""Compiling ahead in the background, XLA's options, and the plan of a run's programs."""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import weak as weak_config
+from tests.conftest import make_benchmark
+from tests.test_train import tiny_config
+from vreloc_jax import compilation, train
+from vreloc_jax.data import batching
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+  return make_benchmark(tmp_path_factory.mktemp("compilation_bench"), seed=3).root
+
+
+def abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+
+def test_program_runs_the_executable_compiled_ahead():
+  traced = []
+
+  def f(x, y):
+    traced.append(x.shape)
+    return x * 2 + y
+
+  program = compilation.Program(jax.jit(f))
+  x, y = jnp.arange(4.0), jnp.ones((4,))
+  compiled = program.compile_ahead(abstract(x), abstract(y)).result()
+  assert traced == [(4,)]  # traced once, in the background
+  np.testing.assert_array_equal(program(x, y), compiled(x, y))
+  np.testing.assert_array_equal(program(x, y), x * 2 + 1)
+  assert traced == [(4,)]  # the call ran the executable: no trace, no compile
+  assert program.compile_ahead(abstract(x), abstract(y)).result() is compiled  # once per signature
+  np.testing.assert_array_equal(program(jnp.arange(3.0), jnp.ones((3,))), [1, 3, 5])
+  assert traced == [(4,), (3,)]  # another signature: the jit-compiled function, as before
+  assert program.lower(x, y).compile() is not None  # attributes reach the jitted function
+
+
+def test_program_signature_includes_weak_types_and_dtypes():
+  x = jnp.arange(4.0)
+  assert compilation.signature((x,)) == compilation.signature((abstract(x),))
+  assert compilation.signature((x,)) != compilation.signature((x.astype(jnp.int32),))
+  weak = jnp.asarray(2.0)
+  assert weak.weak_type
+  assert compilation.signature((weak,)) != compilation.signature((jnp.float32(2.0),))
+
+
+def test_cancelled_compilations_fall_back_to_the_jit_path():
+  started, release, traced = threading.Event(), threading.Event(), []
+
+  def f(x):
+    traced.append(x.shape)
+    if x.shape == (1,):
+      started.set()
+      release.wait(60)  # holds the background thread while the next one is queued
+    return x + 1
+
+  program = compilation.Program(jax.jit(f))
+  first = program.compile_ahead(jax.ShapeDtypeStruct((1,), jnp.float32))
+  queued = program.compile_ahead(jax.ShapeDtypeStruct((2,), jnp.float32))
+  assert started.wait(60)
+  program.cancel()
+  release.set()
+  assert first.result() is not None and queued.cancelled()
+  np.testing.assert_array_equal(program(jnp.zeros((2,))), [1, 1])
+  assert traced == [(1,), (2,)]  # (2,) traced by the call itself
+
+
+def test_compile_errors_surface_at_the_call():
+  def f(x):
+    raise ValueError("bad input: video v_x has 3 dims")
+
+  program = compilation.Program(jax.jit(f))
+  program.compile_ahead(jax.ShapeDtypeStruct((2,), jnp.float32))
+  with pytest.raises(ValueError, match="video v_x has 3 dims"):
+    program(jnp.zeros((2,)))
+
+
+def test_compiler_options():
+  config = weak_config.get_config()
+  assert compilation.compiler_options(config, "cpu") == {"xla_backend_optimization_level": 1}
+  assert compilation.compiler_options(config, "gpu") is None
+  assert compilation.compiler_options(config, "tpu") is None
+  config.compile.cpu_optimization_level = 2
+  assert compilation.compiler_options(config, "cpu") == {"xla_backend_optimization_level": 2}
+  old = ml_collections.ConfigDict({"train": {}})  # saved before the field existed
+  assert compilation.compiler_options(old, "cpu") == {
+      "xla_backend_optimization_level": compilation.DEFAULT_CPU_OPTIMIZATION_LEVEL}
+  config.compile.cpu_optimization_level = 4
+  with pytest.raises(ValueError, match="cpu_optimization_level must be 0-3, got 4"):
+    compilation.compiler_options(config, "cpu")
+
+
+def _key(layout):
+  return repr(sorted(layout.items()))
+
+
+@pytest.mark.parametrize("supervision", ["weak", "full"])
+def test_compile_plan_holds_every_batch_shape_of_the_run_in_order_of_use(data_dir, supervision):
+  config = tiny_config(supervision, data_dir, num_steps=9, eval_every=4)
+  config.data.reference_buckets = (16, 32)
+  bench = train.load_benchmark(config)
+  batches = train.make_train_batches(config, bench)
+  for first_step in (0, 5):
+    plan = train.compile_plan(config, bench, batches, first_step)
+    keys = [(kind, _key(layout)) for kind, layout in plan]
+    assert len(set(keys)) == len(keys)
+    used_train = [_key({k: (v.shape, v.dtype.type) for k, v in batches.batch(s).items()})
+                  for s in range(first_step, 9)]
+    assert [k for kind, k in keys if kind == "train"] == list(dict.fromkeys(used_train))
+    assert keys[0] == ("train", used_train[0])  # the first step's program first
+    used_eval = []
+    for split in ("val", "test"):
+      for _, batch in batching.eval_batches(bench.pairs[split], bench.store,
+                                            config.eval.batch_size, config.data.query_buckets,
+                                            config.data.reference_buckets):
+        used_eval.append(_key({k: (v.shape, v.dtype.type) for k, v in batch.items()}))
+    assert sorted(k for kind, k in keys if kind == "eval") == sorted(set(used_eval))
+    assert len(set(used_train)) > 1
+
+
+def test_training_compiles_each_program_once_when_compiling_ahead(data_dir, tmp_path):
+  """Every program the run needs was planned: the jit path never compiles another one."""
+  config = tiny_config("weak", data_dir, num_steps=3, eval_every=3)
+  config.data.reference_buckets = (16, 32)
+  bench = train.load_benchmark(config)
+  plan = train.compile_plan(config, bench, train.make_train_batches(config, bench), 0)
+  before = dict(train.TRACE_COUNTS)
+  train.train_and_evaluate(config, str(tmp_path / "w"))
+  traced = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_step")}
+  assert traced == {"train_step": sum(kind == "train" for kind, _ in plan),
+                    "eval_step": sum(kind == "eval" for kind, _ in plan)}
+
+
+def test_cpu_optimization_level_leaves_the_results_as_they_were(data_dir):
+  """Level 1 (the default) against XLA's own 2: same parameters, losses and predictions."""
+  config = tiny_config("weak", data_dir)
+  config.loss.mask_after_steps = 1  # both branches of the co-attention loss
+  bench = train.load_benchmark(config)
+  batches = train.make_train_batches(config, bench)
+  outputs = []
+  for level in (1, 2):
+    config.compile.cpu_optimization_level = level
+    runner = train.Runner(config, train.sharding.make_mesh(), bench.feature_dim)
+    state = runner.init(jax.random.key(0))
+    rng = jax.random.key_data(jax.random.key(1))
+    losses = []
+    for step in range(3):
+      batch = train.sharding.to_global(batches.batch(step), runner.mesh)
+      state, step_metrics = runner.train_step(state, batch, rng)
+      losses.append(float(step_metrics["loss"]))
+    predicted = runner.eval_step(state["params"], batch)
+    outputs.append((losses, jax.tree.map(np.asarray, state["params"]),
+                    np.asarray(predicted["probs"]), np.asarray(predicted["segments"])))
+  (losses_1, params_1, probs_1, segments_1), (losses_2, params_2, probs_2, segments_2) = outputs
+  np.testing.assert_allclose(losses_1, losses_2, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(probs_1, probs_2, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(segments_1, segments_2)
