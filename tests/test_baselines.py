@@ -142,7 +142,7 @@ def test_frame_level_finds_a_planted_copy():
   assert baselines.frame_level_segment(flat[:3], flat) == (0, 3)
 
 
-def _brute_coattention(query, reference, alpha, max_length):
+def _brute_coattention(query, reference, alpha, max_length, length=None):
   def cos(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
@@ -151,7 +151,7 @@ def _brute_coattention(query, reference, alpha, max_length):
   best, arg = -np.inf, None
   for s in range(n):
     for e in range(s + 1, min(s + max_length, n) + 1):
-      if e - s == n and n > 1:
+      if (e - s == n and n > 1) or (length is not None and e - s != length):
         continue
       inside = reference[s:e].mean(0)
       outside = np.concatenate([reference[:s], reference[e:]])
@@ -171,6 +171,11 @@ def test_coattention_matches_brute_force():
     query, reference = rng.normal(size=(lq, 5)), rng.normal(size=(lr, 5))
     assert baselines.coattention_segment(query, reference, 0.3, max_length) == \
         _brute_coattention(query, reference, 0.3, max_length)
+    # Only the segments of the query's length: the query-length rule's candidates.
+    length = min(lq, lr)
+    expected = _brute_coattention(query, reference, 0.3, lr, length) or (0, lr)
+    assert baselines.coattention_segment(query, reference, 0.3, max_length,
+                                         query_length=True) == expected
 
 
 def test_smooth():

@@ -29,6 +29,9 @@ synthetic benchmark is learnable:
   maximizes the co-attention criterion ``d+ - d-`` of the paper's eqs. 16-18
   (cosine similarity; α = 0.3) on the input features — the quantity the
   weakly supervised model is trained to optimize, searched exhaustively.
+* ``coattention_search_query_length``: the same criterion over the segments of
+  the query's length only (``min(Lq, Lr)``), the candidates among which the
+  weak model's default inference rule (``query_length``) picks.
 
 Any method can run on projected features (``transform``; the command line's
 ``--project=class_subspace`` uses the synthetic benchmark's true class
@@ -54,7 +57,7 @@ from vreloc_jax.data import splits as splits_lib
 from vreloc_jax.data.features import FeatureStore, find_features, open_features
 
 METHODS = ("random", "stat_prior", "frame_level")
-DIAGNOSTICS = ("frame_level_smoothed", "coattention_search")
+DIAGNOSTICS = ("frame_level_smoothed", "coattention_search", "coattention_search_query_length")
 FEATURE_METHODS = ("frame_level",) + DIAGNOSTICS
 _EPS = 1e-8
 
@@ -134,20 +137,25 @@ def smooth(features: np.ndarray, width: int = 5) -> np.ndarray:
 
 
 def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float = 0.3,
-                        max_length: int = 64) -> tuple[int, int]:
+                        max_length: int = 64, query_length: bool = False) -> tuple[int, int]:
   """The segment maximizing the co-attention criterion ``d+ - d-`` (paper eqs. 16-18).
 
   ``d+ = cos(q, r_in)``, ``d- = α cos(q, r_out) + (1 - α) cos(r_in, r_out)`` with
   ``q`` the mean query feature and ``r_in`` / ``r_out`` the mean reference
   feature inside / outside the segment. The whole reference is a candidate
   only when it is a single step (the loss always has an outside: its
-  background weights are normalized to sum to 1).
+  background weights are normalized to sum to 1); when no candidate has an
+  outside (a query at least as long as the reference, with ``query_length``),
+  the answer is the whole reference.
 
   Args:
     query: [Lq, D].
     reference: [Lr, D].
     alpha: the loss's α.
     max_length: longest candidate segment.
+    query_length: the candidates are the segments of length ``min(Lq, Lr)``
+      only (those of the query-length inference rule and of ``frame_level``),
+      not every length up to ``max_length``.
 
   Returns:
     ``(s, e)``, earliest start then shortest on ties.
@@ -161,7 +169,10 @@ def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float =
   prefix[1:, 1:] = gram.cumsum(0).cumsum(1)  # prefix[i, j] = sum_{t<i, u<j} r_t · r_u
   q_prefix = np.concatenate([[0.0], np.cumsum(r @ q)])  # [L + 1]
   t_prefix = np.concatenate([[0.0], np.cumsum(r @ total)])  # [L + 1]
-  lengths = np.arange(1, min(max_length, n) + 1)  # [K]
+  if query_length:
+    lengths = np.array([min(query.shape[0], n)])  # [1]
+  else:
+    lengths = np.arange(1, min(max_length, n) + 1)  # [K]
   s = np.arange(n)[:, None]  # [L, 1]
   e = s + lengths[None, :]  # [L, K]
   valid = (e <= n) & ((e - s < n) | (n == 1))
@@ -181,6 +192,8 @@ def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float =
   d_minus = np.where(has_out, alpha * q_out / (q_norm * out_norm)
                      + (1.0 - alpha) * in_out / (in_norm * out_norm), 0.0)
   score = np.where(valid, d_plus - d_minus, -np.inf)  # [L, K]
+  if not valid.any():
+    return 0, n
   flat = int(np.argmax(score))
   start, k = divmod(flat, score.shape[1])
   return start, start + int(lengths[k])
@@ -193,6 +206,8 @@ def _segment_fn(method: str, smooth_width: int, alpha: float, max_length: int):
     return lambda q, r: frame_level_segment(smooth(q, smooth_width), smooth(r, smooth_width))
   if method == "coattention_search":
     return lambda q, r: coattention_segment(q, r, alpha=alpha, max_length=max_length)
+  if method == "coattention_search_query_length":
+    return lambda q, r: coattention_segment(q, r, alpha=alpha, query_length=True)
   raise ValueError(f"unknown feature method {method!r}; expected one of {FEATURE_METHODS}")
 
 
@@ -247,7 +262,8 @@ def predict(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
     if store is None:
       raise ValueError(f"{method} needs features")
     info = {"method": method, "candidates": (
-        "all segments of length min(Lq, Lr)" if method.startswith("frame_level")
+        "all segments of length min(Lq, Lr)"
+        if method.startswith("frame_level") or method.endswith("query_length")
         else f"all segments of length <= {options.get('max_length', 64)}")}
     if transform is not None:
       info["transform"] = getattr(transform, "__name__", "custom")
