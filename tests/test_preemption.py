@@ -222,6 +222,7 @@ class _NanGradientsFrom(train.Runner):
           step_metrics = {**step_metrics, "grad_norm": nan_like(step_metrics["grad_norm"])}
       return state, step_metrics
 
+    train_step.compile_ahead, train_step.cancel = step_fn.compile_ahead, step_fn.cancel
     self.train_step = train_step
 
 

@@ -570,7 +570,8 @@ def compile_plan(config: ml_collections.ConfigDict, bench: Benchmark,
   for step in range(first_step, num_steps):  # the batch of step + 1
     note(step, "train", batches.layout(step, dim))
   next_eval = min(num_steps, (first_step // every + 1) * every)
-  for split, when in (("val", next_eval - 0.5), ("test", num_steps)):
+  evaluations = [("val", next_eval - 0.5)] if first_step < num_steps else []
+  for split, when in evaluations + [("test", num_steps)]:
     for layout in batching.eval_layouts(bench.pairs[split], config.eval.batch_size,
                                         config.data.query_buckets,
                                         config.data.reference_buckets, dim):
