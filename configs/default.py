@@ -11,6 +11,9 @@ Config arguments (after the file name, comma-separated), for example
   instead of the synthetic default; built once and cached;
 * ``frame_similarity``: the extension that lets the predictor read the
   frame-level similarity to the query (`vreloc_jax.attention.frame_similarity`);
+* ``frame_similarity_residual``: the extension that adds that similarity to the
+  logits (inside +, outside −) through a learned weight, so that the untrained
+  model already ranks windows as the frame-level baseline does;
 * ``inference=RULE``: the inference rule, which also gives the co-attention
   masks: ``weak`` (the paper's longest run above the mean p_inside), ``full``
   (start/end search) or ``query_length`` (an extension: the query-long window
@@ -134,7 +137,8 @@ QUICK_SIZES = {
     "sst": dict(hidden_dim=16),
     "video_level": dict(embed_dim=16, hidden_dim=16),
 }
-_PAPER_MODEL_ONLY = model.VARIANTS + ("frame_similarity", "query_blind")
+_PAPER_MODEL_ONLY = model.VARIANTS + ("frame_similarity", "frame_similarity_residual",
+                                       "query_blind")
 
 
 def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -163,6 +167,8 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.data.recordings = token.partition("=")[2] or "japanese_vowels"
     elif token == "frame_similarity":
       config.model.frame_similarity = True
+    elif token == "frame_similarity_residual":
+      config.model.frame_similarity_residual = True
     elif token == "query_length" or token.startswith("inference="):
       config.eval.inference = token.partition("=")[2] or "query_length"
     elif token == "query_blind":
@@ -184,6 +190,7 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
     else:
       raise ValueError(f"unknown config argument {token!r}; expected one of "
                        f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, "
+                       "frame_similarity_residual, "
                        f"inference=RULE, query_length, query_blind, {', '.join(COMPARATORS)}, "
                        "quick")
   if not comparator:

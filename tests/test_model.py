@@ -345,7 +345,7 @@ def test_model_config_defaults():
       "head_dim": 32, "attention_relative": True, "use_self_attention": True,
       "self_attention_heads": 2,
       "self_attention_head_dim": 32, "self_attention_out": 0, "frame_similarity": False,
-      "query_blind": False, "lstm_dim": 128, "dropout_in": 0.4, "dropout_out": 0.2,
+      "frame_similarity_residual": False, "query_blind": False, "lstm_dim": 128, "dropout_in": 0.4, "dropout_out": 0.2,
       "lstm_implementation": "auto", "dtype": "float32"}
 
 
@@ -420,6 +420,29 @@ def test_relocalizer_with_frame_similarity_padding_invariant():
   single = apply(params, query_seqs[1][None], np.ones((1, 2), bool),
                  ref_seqs[1][None], np.ones((1, 7), bool))
   assert_padding_invariant(out["logits"], args[3], single["logits"], 1)
+
+
+def test_relocalizer_with_frame_similarity_residual_adds_the_score_to_the_logits():
+  _, _, args = _model_batch()
+  query, query_mask, ref, ref_mask = args
+  plain = model_lib.ReLocalizer(tiny_config())
+  residual = model_lib.ReLocalizer(tiny_config(frame_similarity_residual=True))
+  variables = residual.init(jax.random.key(0), *args, deterministic=True)
+  weight = variables["params"].pop("similarity_to_logits")
+  np.testing.assert_array_equal(weight, model_lib.RESIDUAL_SIMILARITY_INIT)
+  # The rest of the tree is the paper's model's, parameter for parameter.
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      plain.init(jax.random.key(0), *args, deterministic=True))
+  out_plain = plain.apply(variables, *args, deterministic=True)
+  variables["params"]["similarity_to_logits"] = weight
+  out = residual.apply(variables, *args, deterministic=True)
+  score = np.asarray(attention.frame_similarity(ref, ref_mask, query, query_mask))  # [B, Lr, 1]
+  expected = np.asarray(out_plain["logits"]) + score * np.asarray(weight)
+  np.testing.assert_allclose(np.asarray(out["logits"]), np.where(ref_mask[..., None], expected, 0),
+                             rtol=1e-5, atol=1e-6)
+  assert_padding_invariant(out["logits"], ref_mask)
+  bilstm_in = variables["params"]["predictor"]["forward"]["cell"]["ii"]["kernel"].shape[0]
+  assert bilstm_in == 4 + 2 * 4  # the score is not an input channel
 
 
 def test_query_blind_control_never_reads_the_query():

@@ -40,6 +40,10 @@ BASE_GROUPS = ((40, 3, 1),)
 
 VARIANTS = ("base", "multiscale", "selfatt", "full")
 
+# Initial weight of the frame-level score in each logit (start, end, inside, outside) with
+# model.frame_similarity_residual: higher similarity, more inside, less outside.
+RESIDUAL_SIMILARITY_INIT = (0.0, 0.0, 1.0, -1.0)
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -57,6 +61,9 @@ def model_config() -> ml_collections.ConfigDict:
   cfg.self_attention_out = 0  # 0: H^satt = concat of heads, h*d_k (eq. 9); >0: out projection.
   cfg.frame_similarity = False  # Extension, not in the paper: the predictor also reads the
   # frame-level baseline's per-step query similarity of the input features (see README).
+  cfg.frame_similarity_residual = False  # Extension: that score added to the logits through a
+  # learned weight per class (init inside +1, outside -1): the untrained model ranks windows
+  # as the frame-level baseline does, and training learns a correction (see README).
   cfg.query_blind = False  # A control: the query is not read (no H^matt); only H^satt is.
   cfg.lstm_dim = 128  # Per BiLSTM direction (d_h, eq. 10) and 2nd LSTM (d_l, eq. 12).
   cfg.dropout_in = 0.4  # Dropout before the BiLSTM.
@@ -237,14 +244,21 @@ class ReLocalizer(nn.Module):
       features.append(SelfAttention(cfg.self_attention_heads, cfg.self_attention_head_dim,
                                     cfg.self_attention_out, dtype=dtype,
                                     name="self_attention")(h_ref, reference_mask))  # [B, Lr, h*d_k]
-    if cfg.get("frame_similarity", False) and not query_blind:
-      features.append(frame_similarity(reference, reference_mask, query,
-                                       query_mask).astype(dtype))  # [B, Lr, 1]
+    similarity = None
+    if (cfg.get("frame_similarity", False) or cfg.get("frame_similarity_residual", False)) \
+        and not query_blind:
+      similarity = frame_similarity(reference, reference_mask, query, query_mask)  # [B, Lr, 1]
+    if cfg.get("frame_similarity", False) and similarity is not None:
+      features.append(similarity.astype(dtype))
     x = jnp.concatenate(features, axis=-1)  # [B, Lr, heads (+ h*d_k) (+ 1)]
     logits = LocalizationPredictor(cfg.lstm_dim, cfg.dropout_in, cfg.dropout_out, dtype=dtype,
                                    lstm_implementation=cfg.get("lstm_implementation", "auto"),
                                    name="predictor")(
                                        x, reference_mask, deterministic=deterministic)
+    if cfg.get("frame_similarity_residual", False) and similarity is not None:
+      weight = self.param("similarity_to_logits",
+                          lambda _: jnp.array(RESIDUAL_SIMILARITY_INIT, jnp.float32))  # [4]
+      logits = logits + similarity * weight  # [B, Lr, 4]
     logits = mask_steps(logits, reference_mask)  # [B, Lr, 4]
     return {
         "logits": logits,
