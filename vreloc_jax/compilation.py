@@ -91,6 +91,8 @@ class Program:
     self._lock = threading.Lock()
 
   def __getattr__(self, name: str) -> Any:
+    if name.startswith("_"):  # not set yet (a copy being made): no delegation
+      raise AttributeError(name)
     return getattr(self._jitted, name)
 
   def __call__(self, *args: Any) -> Any:
