@@ -129,19 +129,6 @@ def test_compile_plan_holds_every_batch_shape_of_the_run_in_order_of_use(data_di
     assert len(set(used_train)) > 1
 
 
-def test_training_compiles_each_program_once_when_compiling_ahead(data_dir, tmp_path):
-  """Every program the run needs was planned: the jit path never compiles another one."""
-  config = tiny_config("weak", data_dir, num_steps=3, eval_every=3)
-  config.data.reference_buckets = (16, 32)
-  bench = train.load_benchmark(config)
-  plan = train.compile_plan(config, bench, train.make_train_batches(config, bench), 0)
-  before = dict(train.TRACE_COUNTS)
-  train.train_and_evaluate(config, str(tmp_path / "w"))
-  traced = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_step")}
-  assert traced == {"train_step": sum(kind == "train" for kind, _ in plan),
-                    "eval_step": sum(kind == "eval" for kind, _ in plan)}
-
-
 def test_cpu_optimization_level_leaves_the_results_as_they_were(data_dir):
   """Level 1 (the default) against XLA's own 2: the same losses and parameters."""
   config = tiny_config("weak", data_dir)
