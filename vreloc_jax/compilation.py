@@ -10,10 +10,8 @@ leaving the programs' results as they were:
   default XLA's own 2). Level 1, measured on the full model (one core, batch 128,
   reference 64): train step compile 17.0 -> 13.0 s, eval 3.6 -> 2.8 s,
   initialization 10.8 -> 7.6 s, and the step itself as fast (2.66 -> 2.63 s); level
-  0 compiles in 8.7 s but the step takes twice as long. Level 1 is not the default:
-  three steps gave the same bits as level 2, but a whole run of ``configs/weak.py``
-  on the synthetic default drifted from the README's curve after step 50 (cause not
-  isolated), so the README's numbers are level 2's.
+  0 compiles in 8.7 s but the step takes twice as long. Level 1 is not the default
+  (README.md, "Speed": a drift of whole synthetic runs, not isolated yet).
 * `Program`: a ``jax.jit`` function whose executables for argument signatures known
   in advance (``compile_ahead``) are compiled in one background thread, while the run
   initializes its parameters or trains on buckets already compiled. A call whose
