@@ -84,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.compile = comp = ml_collections.ConfigDict()
   comp.cpu_optimization_level = 2  # XLA:CPU's LLVM level (XLA's own 2); 1 compiles 25% faster (see README).
-  comp.ahead = True  # Compile the programs a run will need in a background thread (compilation.py).
+  comp.ahead = False  # Compile the programs a run needs in a background thread (compilation.py).
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 128  # Global evaluation batch.

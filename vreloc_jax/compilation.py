@@ -55,6 +55,8 @@ def compiler_options(config: ml_collections.ConfigDict, platform: str) -> dict[s
   level = int(section.get("cpu_optimization_level", DEFAULT_CPU_OPTIMIZATION_LEVEL))
   if not 0 <= level <= 3:
     raise ValueError(f"compile.cpu_optimization_level must be 0-3, got {level}")
+  if level == DEFAULT_CPU_OPTIMIZATION_LEVEL:
+    return None  # XLA's own default: the programs exactly as without this option
   return {"xla_backend_optimization_level": level}
 
 

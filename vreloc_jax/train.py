@@ -821,7 +821,7 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
   step_rng = sharding.replicate(jax.random.key_data(step_rng), mesh)
   batches = make_train_batches(config, bench)
   num_steps = config.train.num_steps
-  if (config.get("compile") or {}).get("ahead", True):
+  if (config.get("compile") or {}).get("ahead", False):
     # While the parameters are initialized or restored, and then while it trains.
     runner.compile_ahead(compile_plan(config, bench, batches, manager.latest_step() or 0),
                          step_rng)
