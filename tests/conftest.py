@@ -30,6 +30,26 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# The tests run tiny programs, which cost far more to compile than to run: XLA:CPU at LLVM
+# level 0 without its expensive passes compiles them in about two thirds of the time. Set
+# here, before JAX starts, so that this process and every process it starts agree (and share
+# the cache above). A test that needs XLA's own level asks for it through the config
+# (`vreloc_jax.compilation.compiler_options`), which overrides these flags.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+  """The environment of a process a test starts: this one's, on CPU, plus ``extra``.
+
+  ``XLA_FLAGS`` in ``extra`` are added to this process's (`FAST_COMPILE`), not put instead.
+  """
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+  if "XLA_FLAGS" in extra:
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
+  return env
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The real benchmark's split files (never copied into the project): ../shared beside the
 # checkout, or $VRELOC_REAL_DATA. Tests that need them skip when they are absent.

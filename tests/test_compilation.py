@@ -88,11 +88,12 @@ def test_compile_errors_surface_at_the_call():
 
 def test_compiler_options():
   config = weak_config.get_config()
-  assert compilation.compiler_options(config, "cpu") is None  # XLA's own level 2
+  assert compilation.compiler_options(config, "cpu") is None  # XLA's own level 3
   assert compilation.compiler_options(config, "gpu") is None
   assert compilation.compiler_options(config, "tpu") is None
-  config.compile.cpu_optimization_level = 1
-  assert compilation.compiler_options(config, "cpu") == {"xla_backend_optimization_level": 1}
+  for level in (0, 1, 2):
+    config.compile.cpu_optimization_level = level
+    assert compilation.compiler_options(config, "cpu") == {"xla_backend_optimization_level": level}
   old = ml_collections.ConfigDict({"train": {}})  # saved before the field existed
   assert compilation.compiler_options(old, "cpu") is None
   config.compile.cpu_optimization_level = 4
@@ -128,25 +129,30 @@ def test_compile_plan_holds_every_batch_shape_of_the_run_in_order_of_use(data_di
     assert len(set(used_train)) > 1
 
 
-def test_cpu_optimization_level_leaves_the_results_as_they_were(data_dir):
-  """Level 1 against XLA's own 2 (the default): the same losses and parameters here."""
+def test_cpu_optimization_level_leaves_the_results_as_they_were(data_dir, monkeypatch):
+  """Level 1 against XLA's own 3 (the default): the same predictions to float rounding.
+
+  Not to the bit: how LLVM contracts and vectorizes float arithmetic depends on the
+  level and on the CPU's instruction set (so a whole training run at level 1 follows
+  another trajectory; WORKSPACE.md, "Compilation"). The eval step only: a train step
+  takes 15 s to compile at level 3 even for this tiny model.
+  """
+  # Level 3 passed as an option too: this session's own default is 0 (conftest.py).
+  monkeypatch.setattr(compilation, "DEFAULT_CPU_OPTIMIZATION_LEVEL", None)
   config = tiny_config("weak", data_dir)
-  config.loss.mask_after_steps = 1  # both branches of the co-attention loss run
   bench = train.load_benchmark(config)
-  batches = train.make_train_batches(config, bench)
+  params = None
   outputs = []
-  for level in (1, 2):
+  for level in (1, 3):
     config.compile.cpu_optimization_level = level
     runner = train.Runner(config, train.sharding.make_mesh(), bench.feature_dim)
-    state = runner.init(jax.random.key(0))
-    rng = jax.random.key_data(jax.random.key(1))
-    losses = []
-    for step in range(2):
-      batch = train.sharding.to_global(batches.batch(step), runner.mesh)
-      state, step_metrics = runner.train_step(state, batch, rng)
-      losses.append(float(step_metrics["loss"]))
-    outputs.append((losses, jax.tree.map(np.asarray, state["params"])))
-  (losses_1, params_1), (losses_2, params_2) = outputs
-  np.testing.assert_allclose(losses_1, losses_2, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_2)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    if params is None:
+      params = runner.init(jax.random.key(0))["params"]
+    batch = next(batching.eval_batches(bench.pairs["val"], bench.store, config.eval.batch_size,
+                                       config.data.query_buckets,
+                                       config.data.reference_buckets))[1]
+    out = runner.eval_step(params, train.sharding.to_global(batch, runner.mesh))
+    outputs.append(jax.tree.map(np.asarray, out))
+  level_1, level_3 = outputs
+  for name in ("probs", "score", "loss_c", "attention"):
+    np.testing.assert_allclose(level_1[name], level_3[name], rtol=1e-5, atol=1e-6, err_msg=name)

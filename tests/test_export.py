@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from configs import full as full_config
-from tests.conftest import FEATURE_DIM, make_benchmark
-from tests.test_train import FAST_COMPILE  # Only the training run (a subprocess) uses it.
+from tests.conftest import FEATURE_DIM, make_benchmark, subprocess_env
 from vreloc_jax import checkpoints, export, exported, sharding, train
 from vreloc_jax import workdir as workdir_lib
 from vreloc_jax.data import batching
@@ -54,7 +53,7 @@ _TRAIN_SCRIPT = ("import sys; from tests.test_export import tiny_config; from vr
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env()
   return subprocess.run([sys.executable, "-m", "vreloc_jax.export", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 
@@ -63,14 +62,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def run(tmp_path_factory) -> types.SimpleNamespace:
   """A one-step run, exported by the command line (default platforms: cpu, cuda, tpu).
 
-  The run trains in a process of its own, compiled with `FAST_COMPILE` (its checkpoint is
-  all that is used); the export and every comparison compile with XLA's defaults.
+  The run trains in a process of its own (its checkpoint is all that is used).
   """
   root = tmp_path_factory.mktemp("export")
   data_dir = make_benchmark(root / "bench", seed=5).root
   workdir = str(root / "work")
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()}
+  env = subprocess_env()
   done = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, data_dir, workdir], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-4000:]
@@ -160,6 +157,7 @@ def _batch(pairs, store, indices):
 
 def test_loader_alone_matches_eval_step(run, tmp_path):
   config = workdir_lib.load_config(run.workdir)
+  config.compile.cpu_optimization_level = 3  # Not `:quick`'s 0: the process's own, as the loader's
   runner = train.Runner(config, sharding.make_mesh(), FEATURE_DIM)
   manager = checkpoints.manager(run.workdir, read_only=True)
   params = checkpoints.restore(manager, "best", runner.abstract_state())["params"]
@@ -188,7 +186,7 @@ def test_loader_alone_matches_eval_step(run, tmp_path):
   want_segments, want_loss_c = runner.predict(params, pairs, bench.store)[:2]
 
   np.savez(tmp_path / "inputs.npz", **inputs)
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env()
   done = subprocess.run([sys.executable, "-c", _LOADER_SCRIPT, run.out,
                          str(tmp_path / "inputs.npz"), run.data_dir,
                          str(tmp_path / "result.npz")],
@@ -337,7 +335,7 @@ def test_loader_errors(run, tmp_path):
 
 
 def _localize_cli(*args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env()
   return subprocess.run([sys.executable, "-m", "vreloc_jax.localize", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 

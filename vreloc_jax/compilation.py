@@ -1,17 +1,17 @@
 """Compiling a run's programs: XLA's options, and compiling ahead in a background thread.
 
 A run compiles a train program and an eval program for every (query, reference)
-bucket it meets, and each takes seconds: the full model's train step takes 17 s to
-compile on one core of this project's 2-core development machine, its eval step 4 s,
-its parameter initialization 11 s (README.md, "Performance"). Two levers, both
-leaving the programs' results as they were:
+bucket it meets, and each takes seconds: the model's train step takes 17 s to compile
+on one core of this project's 2-core development machine, its eval step 3.5 s, its
+parameter initialization 10 s (WORKSPACE.md, "Performance"). Two levers:
 
 * `compiler_options`: on CPU, LLVM's optimization level (``compile.cpu_optimization_level``,
-  default XLA's own 2). Level 1, measured on the full model (one core, batch 128,
-  reference 64): train step compile 17.0 -> 13.0 s, eval 3.6 -> 2.8 s,
-  initialization 10.8 -> 7.6 s, and the step itself as fast (2.66 -> 2.63 s); level
-  0 compiles in 8.7 s but the step takes twice as long. Level 1 is not the default
-  (README.md, "Speed": a drift of whole synthetic runs, not isolated yet).
+  default 3, XLA's own). Level 1, measured on the weakly supervised model (one core,
+  batch 128, reference 64): train step compile 17.1 -> 12.9 s, eval 3.5 -> 2.9 s,
+  initialization 10.2 -> 7.7 s, and the step itself as fast (2.67 -> 2.66 s); level 2
+  is level 1's speed, and level 0 compiles in 8.7 s but its step takes twice as long.
+  Not the default: the programs' float rounding is not level 3's, so a whole training
+  run follows another trajectory (README.md, "Speed").
 * `Program`: a ``jax.jit`` function whose executables for argument signatures known
   in advance (``compile_ahead``) are compiled in one background thread, while the run
   initializes its parameters or trains on buckets already compiled. A call whose
@@ -37,7 +37,7 @@ import ml_collections
 
 # LLVM's optimization level for XLA:CPU programs when a config does not say (configs
 # saved before the field existed).
-DEFAULT_CPU_OPTIMIZATION_LEVEL = 2
+DEFAULT_CPU_OPTIMIZATION_LEVEL = 3
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -47,7 +47,8 @@ def compiler_options(config: ml_collections.ConfigDict, platform: str) -> dict[s
   """XLA compiler options of a run's programs on ``platform`` ("cpu", "gpu", "tpu").
 
   On CPU, ``xla_backend_optimization_level`` from ``compile.cpu_optimization_level``
-  (default 2, XLA's own); elsewhere none (XLA's defaults).
+  (default 3, XLA's own, which is then not passed at all); elsewhere none (XLA's
+  defaults).
   """
   if platform != "cpu":
     return None
