@@ -88,12 +88,13 @@ def test_compile_errors_surface_at_the_call():
 
 def test_compiler_options():
   config = weak_config.get_config()
-  assert compilation.compiler_options(config, "cpu") is None  # XLA's own level 3
-  assert compilation.compiler_options(config, "gpu") is None
-  assert compilation.compiler_options(config, "tpu") is None
-  for level in (0, 1, 2):
+  assert config.compile.cpu_optimization_level is None
+  assert compilation.compiler_options(config, "cpu") is None  # XLA's own level (3)
+  for level in (0, 1, 2, 3):
     config.compile.cpu_optimization_level = level
     assert compilation.compiler_options(config, "cpu") == {"xla_backend_optimization_level": level}
+    assert compilation.compiler_options(config, "gpu") is None
+    assert compilation.compiler_options(config, "tpu") is None
   old = ml_collections.ConfigDict({"train": {}})  # saved before the field existed
   assert compilation.compiler_options(old, "cpu") is None
   config.compile.cpu_optimization_level = 4
@@ -129,7 +130,7 @@ def test_compile_plan_holds_every_batch_shape_of_the_run_in_order_of_use(data_di
     assert len(set(used_train)) > 1
 
 
-def test_cpu_optimization_level_leaves_the_results_as_they_were(data_dir, monkeypatch):
+def test_cpu_optimization_level_leaves_the_results_as_they_were(data_dir):
   """Level 1 against XLA's own 3 (the default): the same predictions to float rounding.
 
   Not to the bit: how LLVM contracts and vectorizes float arithmetic depends on the
@@ -137,8 +138,7 @@ def test_cpu_optimization_level_leaves_the_results_as_they_were(data_dir, monkey
   another trajectory; WORKSPACE.md, "Compilation"). The eval step only: a train step
   takes 15 s to compile at level 3 even for this tiny model.
   """
-  # Level 3 passed as an option too: this session's own default is 0 (conftest.py).
-  monkeypatch.setattr(compilation, "DEFAULT_CPU_OPTIMIZATION_LEVEL", None)
+  # Both levels passed as options: this test session's own default is 0 (conftest.py).
   config = tiny_config("weak", data_dir)
   bench = train.load_benchmark(config)
   params = None

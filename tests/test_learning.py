@@ -22,18 +22,14 @@ import os
 import pytest
 
 from configs import default as default_config
-from vreloc_jax import compilation, train
+from vreloc_jax import train
 
 STEPS = 100
 MARGIN = {"full": 20.0, "weak": 15.0}  # Points of mAP_avg over the statistical prior.
 
 
 @pytest.mark.parametrize("supervision", ["full", "weak"])
-def test_small_model_beats_the_prior_on_real_recordings(vowels, tmp_path, supervision,
-                                                       monkeypatch):
-  # XLA's own LLVM level 3, as the margins were measured (and here steps cost more than
-  # compiling), passed as an option because this session's default is 0 (conftest.py).
-  monkeypatch.setattr(compilation, "DEFAULT_CPU_OPTIMIZATION_LEVEL", None)
+def test_small_model_beats_the_prior_on_real_recordings(vowels, tmp_path, supervision):
   config = default_config.for_supervision(supervision, "quick,recordings")
   config.data.dir = vowels
   config.data.reference_buckets = (128,)  # Streams are at most 116 steps: one program.
@@ -45,6 +41,8 @@ def test_small_model_beats_the_prior_on_real_recordings(vowels, tmp_path, superv
   config.train.checkpoint_every = STEPS
   config.loss.mask_after_steps = STEPS // 2
   config.eval.batch_size = 128
+  # XLA's own level, as the margins were measured (here steps cost more than compiling),
+  # which this test session otherwise sets to 0 (conftest.py).
   config.compile.cpu_optimization_level = 3
   results = train.train_and_evaluate(config, str(tmp_path / supervision))
   with open(os.path.join(tmp_path, supervision, "results", "baselines_test.json")) as f:

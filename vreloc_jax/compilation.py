@@ -5,8 +5,8 @@ bucket it meets, and each takes seconds: the model's train step takes 17 s to co
 on one core of this project's 2-core development machine, its eval step 3.5 s, its
 parameter initialization 10 s (WORKSPACE.md, "Performance"). Two levers:
 
-* `compiler_options`: on CPU, LLVM's optimization level (``compile.cpu_optimization_level``,
-  default 3, XLA's own). Level 1, measured on the weakly supervised model (one core,
+* `compiler_options`: on CPU, LLVM's optimization level (``compile.cpu_optimization_level``;
+  unset by default: XLA's own, 3). Level 1, measured on the weakly supervised model (one core,
   batch 128, reference 64): train step compile 17.1 -> 12.9 s, eval 3.5 -> 2.9 s,
   initialization 10.2 -> 7.7 s, and the step itself as fast (2.67 -> 2.66 s); level 2
   is level 1's speed, and level 0 compiles in 8.7 s but its step takes twice as long.
@@ -35,10 +35,6 @@ from typing import Any, Callable, Hashable, Sequence
 import jax
 import ml_collections
 
-# LLVM's optimization level for XLA:CPU programs when a config does not say (configs
-# saved before the field existed).
-DEFAULT_CPU_OPTIMIZATION_LEVEL = 3
-
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
@@ -46,19 +42,18 @@ _executor_lock = threading.Lock()
 def compiler_options(config: ml_collections.ConfigDict, platform: str) -> dict[str, Any] | None:
   """XLA compiler options of a run's programs on ``platform`` ("cpu", "gpu", "tpu").
 
-  On CPU, ``xla_backend_optimization_level`` from ``compile.cpu_optimization_level``
-  (default 3, XLA's own, which is then not passed at all); elsewhere none (XLA's
-  defaults).
+  On CPU, ``xla_backend_optimization_level`` when ``compile.cpu_optimization_level`` is
+  set; unset (None, the default), no option: XLA's own level, 3, or what ``XLA_FLAGS``
+  says. An option overrides ``XLA_FLAGS``. Elsewhere none (XLA's defaults).
   """
   if platform != "cpu":
     return None
-  section = config.get("compile") or {}
-  level = int(section.get("cpu_optimization_level", DEFAULT_CPU_OPTIMIZATION_LEVEL))
-  if not 0 <= level <= 3:
+  level = (config.get("compile") or {}).get("cpu_optimization_level")
+  if level is None:
+    return None
+  if not 0 <= int(level) <= 3:
     raise ValueError(f"compile.cpu_optimization_level must be 0-3, got {level}")
-  if level == DEFAULT_CPU_OPTIMIZATION_LEVEL:
-    return None  # XLA's own default: the programs exactly as without this option
-  return {"xla_backend_optimization_level": level}
+  return {"xla_backend_optimization_level": int(level)}
 
 
 def signature(args: Sequence[Any]) -> Hashable:
