@@ -157,7 +157,7 @@ def _batch(pairs, store, indices):
 
 def test_loader_alone_matches_eval_step(run, tmp_path):
   config = workdir_lib.load_config(run.workdir)
-  config.compile.cpu_optimization_level = None  # Not `:quick`'s 0: the process's own, as the loader's
+  config.compile.cpu_optimization_level = None  # The process's own level, as the loader's
   runner = train.Runner(config, sharding.make_mesh(), FEATURE_DIM)
   manager = checkpoints.manager(run.workdir, read_only=True)
   params = checkpoints.restore(manager, "best", runner.abstract_state())["params"]

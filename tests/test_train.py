@@ -14,7 +14,7 @@ import pytest
 
 from configs import full as full_config
 from configs import weak as weak_config
-from tests.conftest import FEATURE_DIM, make_benchmark, subprocess_env  # noqa: F401  (FEATURE_DIM: for the worker)
+from tests.conftest import FEATURE_DIM, make_benchmark, subprocess_env  # noqa: F401 (worker)
 from vreloc_jax import checkpoints, evaluate, sharding, train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
