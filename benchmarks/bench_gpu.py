@@ -13,21 +13,17 @@ shape, random features, all lengths full (``--ragged``: reference lengths drawn 
 TFLOP/s and its fraction of the device's peak.
 
 FLOPs. ``Compiled.cost_analysis()["flops"]`` is printed ("xla GF") but is not the
-measure: XLA's cost analysis counts a while loop's body once (a 300-step ``scan`` LSTM
-as one step; checked on CPU with jax 0.10.2) and a custom call (cuDNN's LSTM) as
-nothing. The measure ("model GF") counts the matrix products of the step's jaxpr:
-2·M·N·K per ``dot_general``, 2·(output size)·(kernel size / output features) per
-convolution, a ``scan`` body times its length, a ``cond`` by its costliest branch, a
-``while`` body once (the segment searches: no matrix products of note); cuDNN's LSTM
-``rnn_fwd`` as 2·B·T·dirs·4H·(in + H) and ``rnn_bwd`` as twice that, which is what the
-scan's products count. Elementwise work is not counted; both implementations get the
-same count.
+measure: it counts a while loop's body once and a custom call (cuDNN's LSTM) as nothing.
+The measure ("model GF") is `benchmarks.flops.model_flops`: the matrix products of the
+step's jaxpr, counted alike for both implementations (elementwise work is not counted).
 
 Peak: ``--peak_tflops``, else the `PEAKS` entry whose name is in
 ``jax.devices()[0].device_kind``: dense (no sparsity) vendor figures, for the precision
 the model's matmuls run in: bfloat16 for ``--config.model.dtype=bfloat16`` and on TPU;
 float32 on GPU is TF32 tensor-core math at JAX's default matmul precision (cuDNN's
 LSTM too), plain FP32 with ``JAX_DEFAULT_MATMUL_PRECISION=highest`` in the environment.
+On a CPU (float32) the peak is measured: `benchmarks.flops.matmul_gflops`, XLA's own
+large matrix product on all cores.
 
 A smoke check that runs anywhere (meaningless numbers; CPU: scan only):
 
@@ -38,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import pathlib
 import sys
 import time
@@ -50,11 +45,11 @@ sys.path.insert(0, str(REPO))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
-import jax.extend.core as jex_core  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks.flops import matmul_gflops, model_flops  # noqa: E402
 from vreloc_jax import recurrence, sharding, train  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -106,63 +101,9 @@ def peak_tflops(device: Any, dtype: str) -> tuple[float | None, str]:
   for name, peaks in PEAKS:
     if name.lower() in kind.lower() and precision in peaks:
       return peaks[precision], f"{name} dense {precision}"
+  if device.platform == "cpu" and dtype == "float32":
+    return matmul_gflops() / 1e3, "measured: XLA's float32 2048^3 matrix product on this CPU"
   return None, f"unknown for {kind!r} ({precision}): pass --peak_tflops"
-
-
-# ----------------------------------------------------------------- FLOP count
-
-
-def _rnn_flops(eqn: Any) -> float:
-  """Matrix-product FLOPs of jax.experimental.rnn's forward kernel (its ``rnn_fwd``)."""
-  p = eqn.params
-  x = eqn.invars[0].aval if eqn.primitive.name == "rnn_fwd" else eqn.invars[3].aval
-  batch, steps, _ = x.shape
-  dirs = 2 if p["bidirectional"] else 1
-  hidden = p["hidden_size"]
-  total = 0.0
-  for layer in range(p["num_layers"]):
-    inputs = p["input_size"] if layer == 0 else dirs * hidden
-    total += 2.0 * batch * steps * dirs * 4 * hidden * (inputs + hidden)
-  return total
-
-
-def model_flops(jaxpr: Any) -> tuple[float, list[str]]:
-  """FLOPs of the matrix products of a (closed) jaxpr, and notes on what was approximated."""
-  notes: set[str] = set()
-
-  def count(j: Any) -> float:
-    j = j.jaxpr if isinstance(j, jex_core.ClosedJaxpr) else j
-    total = 0.0
-    for eqn in j.eqns:
-      name = eqn.primitive.name
-      if name == "dot_general":
-        (contracting, _), _ = eqn.params["dimension_numbers"]
-        lhs = eqn.invars[0].aval.shape
-        total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contracting)
-      elif name == "conv_general_dilated":
-        rhs = eqn.invars[1].aval.shape
-        out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-        total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) / out_features
-      elif name == "rnn_fwd":
-        total += _rnn_flops(eqn)
-      elif name == "rnn_bwd":  # data and weight gradients: twice the forward products
-        total += 2.0 * _rnn_flops(eqn)
-      elif name == "scan":
-        total += eqn.params["length"] * count(eqn.params["jaxpr"])
-      elif name == "cond":
-        total += max(count(b) for b in eqn.params["branches"])
-        notes.add("cond: costliest branch")
-      elif name == "while":
-        body = count(eqn.params["body_jaxpr"]) + count(eqn.params["cond_jaxpr"])
-        if body:
-          notes.add("while: body counted once")
-        total += body
-      else:
-        for sub in jex_core.jaxprs_in_params(eqn.params):  # jit, custom_jvp/vjp, remat, ...
-          total += count(sub)
-    return total
-
-  return count(jaxpr), sorted(notes)
 
 
 def _xla_flops(compiled: Any) -> float | None:
@@ -267,7 +208,7 @@ def main(argv):
     recurrence.resolve(name)  # an unknown name fails here
     implementations.append(name)
   print(f"jax {jax.__version__}, 1 of {jax.device_count()} x {device.device_kind} "
-        f"({device.platform}); model dtype {dtype}; peak {_fmt(peak, '.1f')} TFLOP/s ({peak_what})")
+        f"({device.platform}); model dtype {dtype}; peak {_fmt(peak, '.4g')} TFLOP/s ({peak_what})")
   print(f"len_ref {FLAGS.len_ref}{' (ragged)' if FLAGS.ragged else ''}, len_query "
         f"{FLAGS.len_query}, dim {FLAGS.dim}; {FLAGS.steps} timed steps after {FLAGS.warmup}")
   print(f"{'impl':>5} {'mode':>5} {'batch':>5} {'compile s':>9} {'steps/s':>8} {'ex/s':>9} "

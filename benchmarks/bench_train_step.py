@@ -54,6 +54,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks.flops import matmul_gflops, model_flops  # noqa: E402
 from vreloc_jax import sharding, train  # noqa: E402
 
 # The peer's script, beside the repository: <repo>/../shared/bench/torch_peer.py.
@@ -169,6 +170,15 @@ class _Ours:
 
     return train_call
 
+  def gflop(self, mode: str, len_ref: int) -> float:
+    """Matrix-product GFLOP of one step (`benchmarks.flops.model_flops` of its jaxpr)."""
+    batch = self._batch(len_ref)
+    if mode == "eval":
+      traced = self.runner.eval_step.trace(self.state["params"], batch)
+    else:
+      traced = self.runner.train_step.trace(self.state, batch, self.rng_data)
+    return model_flops(traced.jaxpr)[0] / 1e9
+
   def measure(self, mode: str, len_ref: int, steps: int, warmup: int) -> dict[str, Any]:
     """Times ``steps`` steps after ``warmup`` untimed ones (the first ever compiles).
 
@@ -221,6 +231,28 @@ def run_peer(python: str, script: str, mode: str, batch: int, len_ref: int, len_
     result["error"] = "no step times in the peer's output"
   result["command"] = cmd
   return result
+
+
+# One large float32 matrix product in the peer's torch, as `benchmarks.flops.matmul_gflops`
+# measures XLA's: the fastest of five after a warmup, printed in GFLOP/s.
+_PEER_MATMUL = """
+import sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+a = torch.ones(2048, 2048)
+a @ a
+best = min((lambda t: (a @ a, time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(5))
+print(2 * 2048**3 / best / 1e9)
+"""
+
+
+def peer_matmul_gflops(python: str, threads: int) -> float | None:
+  """The peer's torch on one large float32 matrix product, GFLOP/s (None if it failed)."""
+  proc = subprocess.run([python, "-c", _PEER_MATMUL, str(threads)], capture_output=True,
+                        text=True, check=False)
+  try:
+    return float(proc.stdout.strip().splitlines()[-1])
+  except (ValueError, IndexError):
+    return None
 
 
 def best_of_rounds(measurements: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict]:
@@ -296,6 +328,8 @@ def side_by_side(config: ml_collections.ConfigDict, config_name: str) -> None:
   threads = os.cpu_count() or 1
   load_before = os.getloadavg()
   ours = _Ours(config, FLAGS.batch, FLAGS.len_query, FLAGS.dim)
+  matmul_rates = [matmul_gflops()]  # again after the rounds; the best counts
+  peer_rates = [peer_matmul_gflops(FLAGS.peer_python, threads)]
   print(f"ours: jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, "
         f"config {config_name} ({config.supervision} supervision, variant {config.variant}), "
         f"{ours.num_params:,} parameters")
@@ -331,6 +365,9 @@ def side_by_side(config: ml_collections.ConfigDict, config_name: str) -> None:
                 f"{_fmt(m.get('compile_s'), '9.1f')} {_fmt(m.get('warmup_s'), '8.1f')}"
                 + (f"  ERROR {m['error']}" if "error" in m else ""), flush=True)
   load_after = os.getloadavg()
+  matmul_rates.append(matmul_gflops())
+  peer_rates.append(peer_matmul_gflops(FLAGS.peer_python, threads))
+  rate = max(matmul_rates + [r for r in peer_rates if r is not None])
 
   best = best_of_rounds(measurements)
   first = {(m["mode"], m["len_ref"], m["side"]): m for m in measurements if m["round"] == 1}
@@ -339,13 +376,15 @@ def side_by_side(config: ml_collections.ConfigDict, config_name: str) -> None:
   print(f"best of {FLAGS.rounds} rounds (per-step median, s); compile s: ours' first call; "
         "warmup s: the peer's warmup steps (round 1)")
   print(f"{'mode':>5} {'len_ref':>7} {'ours s':>8} {'peer s':>8} {'ours/peer':>9} "
-        f"{'compile s':>9} {'warmup s':>8}")
+        f"{'compile s':>9} {'warmup s':>8} {'GFLOP':>7} {'ours GF/s':>9} {'peer GF/s':>9} "
+        f"{'floor s':>7}")
   table = []
   for mode in MODES:
     for len_ref in len_refs:
       o, p = best.get((mode, len_ref, "ours")), best.get((mode, len_ref, "peer"))
       ratio = _ratio(best, mode, len_ref)
-      row = {"mode": mode, "len_ref": len_ref,
+      gflop = ours.gflop(mode, len_ref)
+      row = {"mode": mode, "len_ref": len_ref, "gflop": gflop, "floor_s": gflop / rate,
              "ours_s": o and o["step_s_median"], "peer_s": p and p["step_s_median"],
              "ratio": ratio,
              "ours_compile_s": first.get((mode, len_ref, "ours"), {}).get("compile_s"),
@@ -353,10 +392,22 @@ def side_by_side(config: ml_collections.ConfigDict, config_name: str) -> None:
       table.append(row)
       print(f"{mode:>5} {len_ref:>7} {_fmt(row['ours_s'], '8.3f')} {_fmt(row['peer_s'], '8.3f')} "
             f"{_fmt(ratio, '9.2f')} {_fmt(row['ours_compile_s'], '9.1f')} "
-            f"{_fmt(row['peer_warmup_s'], '8.1f')}")
+            f"{_fmt(row['peer_warmup_s'], '8.1f')} {gflop:>7.1f} "
+            f"{_fmt(row['ours_s'] and gflop / row['ours_s'], '9.1f')} "
+            f"{_fmt(row['peer_s'] and gflop / row['peer_s'], '9.1f')} {row['floor_s']:>7.3f}")
+  print(f"GFLOP: the matrix products of our step (benchmarks/flops.py); floor s: GFLOP at "
+        f"{rate:.1f} GFLOP/s, the best rate of one large float32 matrix product on all cores "
+        f"(2048^3, before and after the rounds: XLA {', '.join(f'{r:.1f}' for r in matmul_rates)}"
+        f"; the peer's torch {', '.join(_fmt(r, '.1f') for r in peer_rates)}): a step of the "
+        "same products at that rate throughout")
   results = goals(best, len_refs, tuple(config.data.reference_buckets))
   for g in results:
     print(f"goal: {g['goal']}: {'MET' if g['met'] else 'NOT MET'} ({g['detail']})")
+  for row in table:
+    if row["peer_s"] is not None and row["peer_s"] * GOAL_RATIO < row["floor_s"]:
+      print(f"  {row['mode']} {row['len_ref']}: {GOAL_RATIO}x the peer is "
+            f"{GOAL_RATIO * row['peer_s']:.3f} s, below the floor of {row['floor_s']:.3f} s: out "
+            "of reach on this machine for the same matrix products in float32")
   print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
         "(never time while another job shares the cores; compare only ratios of one run)")
   peer_runs = [m for m in measurements if m["side"] == "peer"]
@@ -373,6 +424,7 @@ def side_by_side(config: ml_collections.ConfigDict, config_name: str) -> None:
                  "device_kind": jax.devices()[0].device_kind, "params": ours.num_params},
         "peer": {"python": FLAGS.peer_python, "script": FLAGS.peer_script, "threads": threads,
                  **peer_info},
+        "matmul_gflops": {"xla": matmul_rates, "peer_torch": peer_rates},
         "measurements": measurements, "table": table, "goals": results,
     }
     pathlib.Path(FLAGS.json).write_text(json.dumps(record, indent=1) + "\n")
