@@ -92,8 +92,13 @@ def test_work_directory_on_gs(gcs):
   loaded = workdir_lib.load_config(work)
   assert loaded.train.num_steps == 10 and loaded.data.resolved_dir == f"{gcs}/data"
   writer = workdir_lib.MetricsWriter(work)
+  missing = workdir_lib.missing_event_backend(f"{work}/tensorboard")  # google-cloud-storage
   for step in (1, 2, 3):
-    writer.write({"step": step})
+    writer.write({"step": step, "loss": 0.5})
+  # Without it no events, and tensorboardX's writer is never half-built (whose collection
+  # would print an "Exception ignored" traceback).
+  assert (writer._events is None) == (missing is not None)
+  writer.close()
   writer.truncate_after(2)
   lines = storage.read_text(workdir_lib.metrics_file(work)).splitlines()
   assert [json.loads(line)["step"] for line in lines] == [1, 2]

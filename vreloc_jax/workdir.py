@@ -25,6 +25,7 @@ line at a time.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from typing import Any
 
@@ -134,6 +135,25 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(storage.read_json(path))
 
 
+# The package tensorboardX needs to write events to a cloud URI, by scheme.
+_EVENT_BACKENDS = {"gs": "google.cloud.storage", "s3": "boto3"}
+
+
+def missing_event_backend(directory: str) -> str | None:
+  """The package that TensorBoard events in ``directory`` need and that is not installed.
+
+  Asked before tensorboardX is: its cloud writers raise ImportError half-built, and then
+  raise again when collected (an "Exception ignored in ... __del__" traceback).
+  """
+  module = _EVENT_BACKENDS.get(directory.partition("://")[0]) if "://" in directory else None
+  if module is None:
+    return None
+  try:
+    return None if importlib.util.find_spec(module) is not None else module
+  except ModuleNotFoundError:  # A parent package (google, google.cloud) is missing.
+    return module
+
+
 class MetricsWriter:
   """Learning curves: JSON lines in ``W/metrics.jsonl`` and TensorBoard events in ``W/tensorboard``.
 
@@ -185,10 +205,13 @@ class MetricsWriter:
     if self._tensorboard_dir is None:
       return
     if self._events is None:
-      from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes events.
+      missing = missing_event_backend(self._tensorboard_dir)
       try:
+        if missing is not None:
+          raise ImportError(f"they need the Python package {missing}")
+        from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes events.
         self._events = SummaryWriter(self._tensorboard_dir, purge_step=self._purge_step)
-      except ImportError as e:  # gs:// needs google-cloud-storage, s3:// boto3.
+      except ImportError as e:  # Also a backend that is installed but does not import.
         logging.warning("No TensorBoard events in %s (%s); metrics.jsonl has the same curves.",
                         self._tensorboard_dir, e)
         self._tensorboard_dir = None
