@@ -225,7 +225,7 @@ def main(argv):
               f"{row['achieved_tflops']:>8.2f} {_fmt(fraction and 100 * fraction, '6.1f')}",
               flush=True)
   notes = sorted({n for r in rows for n in r["flop_notes"]})
-  print("model GF: matrix products of the step's jaxpr (see the docstring)"
+  print("model GF: matrix products of the step's jaxpr (benchmarks/flops.py)"
         + (f"; {', '.join(notes)}" if notes else "")
         + "; xla GF: Compiled.cost_analysis() (while bodies once, custom calls 0)")
   if FLAGS.json:
