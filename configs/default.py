@@ -21,6 +21,9 @@ Config arguments (after the file name, comma-separated), for example
   (start/end search) or ``query_length`` (an extension: the query-long window
   of highest p_inside, `segments.search_query_length`); ``query_length`` alone
   is short for ``inference=query_length``;
+* ``windows``: the window co-attention objective and its inference rule (an
+  extension; `vreloc_jax.losses.window_coattention_loss`); ``windows=both``:
+  that objective added to the paper's co-attention loss;
 * ``query_blind``: a control that never reads the query (the predictor sees
   only the reference's self-attention features): what a model finds without
   knowing what it is looking for;
@@ -72,6 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
   loss.coattention_weight = 1.0  # Weight of loss_c.
   loss.cross_entropy_weight = 0.0  # Weight of loss_w (needs annotated references).
   loss.mask_after_steps = 100  # Co-attention masks from the predicted segment from this step on.
+  loss.coattention_form = "paper"  # paper: eqs. 13-18, soft per-step pooling | windows: the
+  # criterion's distribution over candidate windows as target (losses.window_coattention_loss),
+  # logged as loss_cw | both: their sum.
+  loss.window_temperature = 0.2  # windows form: the target's temperature, in standard
+  # deviations of each example's criterion over its candidate windows.
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 128  # Global batch, split over all devices.
@@ -95,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.inference = "weak"  # weak: longest run above mean p_inside | full: start/end search |
   # query_length: query-long window of highest p_inside (extension; vreloc_jax/segments.py).
   ev.max_length = 64  # Full inference: longest segment in steps (64 = 1,024 frames).
+  ev.window_scales = (1.0,)  # windows inference and loss: candidate lengths / query length.
   ev.search_form = "benchmark"  # Full inference score: "benchmark" (Feng et al.) or "paper" (eq. 20).
   ev.baselines = ("random", "stat_prior", "frame_level")  # Rows printed beside the model's.
   ev.select = "best"  # Tested checkpoint: best (val mAP) | latest | min_loss_c (val loss_c).
@@ -177,6 +186,9 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       config.model.frame_similarity_residual = True
     elif token == "query_length" or token.startswith("inference="):
       config.eval.inference = token.partition("=")[2] or "query_length"
+    elif token in ("windows", "windows=both"):
+      config.loss.coattention_form = "both" if token.endswith("=both") else "windows"
+      config.eval.inference = "windows"
     elif token == "query_blind":
       config.model.query_blind = True
     elif token == "quick":
@@ -198,7 +210,7 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       raise ValueError(f"unknown config argument {token!r}; expected one of "
                        f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, "
                        "frame_similarity_residual, "
-                       f"inference=RULE, query_length, query_blind, {', '.join(COMPARATORS)}, "
+                       f"inference=RULE, query_length, windows, query_blind, {', '.join(COMPARATORS)}, "
                        "quick")
   if not comparator:
     config.model = model.apply_variant(config.model, config.variant)

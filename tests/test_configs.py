@@ -18,3 +18,11 @@ from configs import cgbm, full, weak
 ])
 def test_val_cadence(module, arg, every):
   assert module.get_config(arg).train.eval_every == every
+
+
+def test_windows_argument_sets_the_objective_and_its_rule():
+  config = weak.get_config("windows,recordings")
+  assert config.loss.coattention_form == "windows" and config.eval.inference == "windows"
+  assert weak.get_config(None).loss.coattention_form == "paper"
+  both = weak.get_config("recordings,windows=both")
+  assert both.loss.coattention_form == "both" and both.eval.inference == "windows"

@@ -409,6 +409,22 @@ def test_localize_command_line(run, tmp_path):
   assert not bad.exists()
 
 
+@pytest.mark.parametrize("query, reference, message", [
+    ("nope:0-3", "{r}", r"query: .*video v_nope is missing"),
+    ("{q}:9-4", "{r}", r"--query '.*:9-4': the range \[9, 4\) is empty or inverted"),
+    ("{q}:0-3", "{r}:7-2", r"--reference '.*:7-2': the range \[7, 2\) is empty or inverted"),
+])
+def test_localize_command_line_bad_inputs_end_in_one_line(run, tmp_path, query, reference,
+                                                          message):
+  from tests.test_bad_inputs import assert_one_line_error
+  raw = json.load(open(os.path.join(run.data_dir, "test.json")))
+  plot = tmp_path / "pair.png"
+  done = _localize_cli(f"--model={run.out}", f"--query={query.format(q=raw[0]['id'])}",
+                       f"--reference={reference.format(r=raw[1]['id'])}", f"--plot={plot}")
+  assert_one_line_error(done, "localize", message)
+  assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("query, message", [
     ("{q}:0-999", "ends past the video's"),
     ("{q}:0-20", "the query has 20 feature steps; this model takes at most 16 .*choose a "

@@ -286,3 +286,51 @@ def test_total_loss_gradients_are_finite():
   leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(g)]
   assert all(np.isfinite(x).all() for x in leaves)
   assert sum(np.abs(x).sum() for x in leaves) > 0
+
+
+# ----------------------------------------------------------- window co-attention (extension)
+
+
+def test_window_criterion_argmax_is_the_exhaustive_search():
+  from vreloc_jax import baselines, segments
+  rng = np.random.default_rng(3)
+  for _ in range(5):
+    lq, lr, dim = int(rng.integers(2, 9)), int(rng.integers(10, 30)), 6
+    query, reference = rng.normal(size=(lq, dim)), rng.normal(size=(lr, dim))
+    windows = segments.window_lengths(jnp.array([lq]), jnp.array([lr]), (1.0,))
+    criterion = losses.window_criterion(jnp.asarray(query[None], jnp.float32),
+                                        jnp.ones((1, lq), bool),
+                                        jnp.asarray(reference[None], jnp.float32),
+                                        jnp.ones((1, lr), bool), windows, ALPHA)
+    start = int(np.argmax(np.asarray(criterion)[0, :lr - lq + 1, 0]))
+    assert (start, start + lq) == baselines.coattention_segment(query, reference, ALPHA,
+                                                                query_length=True)
+
+
+def test_window_coattention_optimum_is_the_criterion_best_window():
+  """Free logits trained on the loss alone end with the criterion's best window on top."""
+  from vreloc_jax import segments
+  rng = np.random.default_rng(5)
+  batch, lq, len_ref, dim = 4, 4, 20, 8
+  query = jnp.asarray(rng.normal(size=(batch, lq, dim)), jnp.float32)
+  reference = jnp.asarray(rng.normal(size=(batch, len_ref, dim)), jnp.float32)
+  lengths = jnp.array([20, 15, 11, 0])  # the last row is a filler with no step
+  reference_mask = jnp.arange(len_ref)[None] < lengths[:, None]
+  query_mask = jnp.ones((batch, lq), bool)
+  loss = lambda logits: losses.window_coattention_loss(
+      jax.nn.log_softmax(logits), query, query_mask, reference, reference_mask, (1.0,), ALPHA,
+      temperature=0.05)
+  logits = jnp.zeros((batch, len_ref, 4))
+  grad = jax.grad(loss)(logits)
+  assert np.isfinite(np.asarray(grad)).all()
+  for _ in range(300):
+    logits = logits - 2.0 * jax.grad(loss)(logits)
+  predicted = np.asarray(segments.search_windows(jax.nn.log_softmax(logits), lengths,
+                                                 jnp.full((batch,), lq), (1.0,)))
+  windows = segments.window_lengths(jnp.full((batch,), lq), lengths, (1.0,))
+  criterion = np.asarray(losses.window_criterion(query, query_mask, reference, reference_mask,
+                                                 windows, ALPHA))[..., 0]
+  for b in range(3):
+    best = int(np.argmax(criterion[b, :int(lengths[b]) - lq + 1]))
+    assert predicted[b].tolist() == [best, best + lq]
+  assert predicted[3].tolist() == [0, 0]

@@ -428,3 +428,40 @@ def test_query_length_hand_computed_cases():
     segments.search_query_length(p, lengths, query_lengths[:2])
   with pytest.raises(ValueError, match="lengths must lie in"):
     segments.search_query_length(p, np.array([5, 4, 3, 7], np.int32), query_lengths)
+
+
+# ----------------------------------------------------------------------------
+# Candidate windows (search_windows).
+# ----------------------------------------------------------------------------
+
+
+def test_search_windows_matches_brute_force():
+  rng = np.random.default_rng(7)
+  batch, len_ref, scales = 24, 40, (0.5, 1.0, 2.0)
+  log_probs = np.log(rng.dirichlet(np.ones(4), size=(batch, len_ref))).astype(np.float32)
+  lengths = rng.integers(0, len_ref + 1, batch)
+  query_lengths = rng.integers(1, 20, batch)
+  log_probs[np.arange(len_ref)[None, :] >= lengths[:, None]] = np.nan  # padding: ignored
+  got = np.asarray(segments.search_windows(log_probs, lengths, query_lengths, scales))
+  for b in range(batch):
+    if lengths[b] == 0:
+      assert got[b].tolist() == [0, 0]
+      continue
+    odds = (log_probs[b, :, 2] - log_probs[b, :, 3]).astype(np.float64)
+    best, best_score = None, -np.inf
+    for s in range(lengths[b]):  # earliest start, then first scale, on ties
+      for scale in scales:
+        n = int(np.clip(np.round(scale * query_lengths[b]), 1, lengths[b]))
+        if s + n <= lengths[b] and odds[s:s + n].sum() > best_score + 1e-4:
+          best, best_score = [s, s + n], odds[s:s + n].sum()
+    assert got[b].tolist() == best, b
+
+
+def test_window_scores_mark_valid_windows():
+  log_probs = np.log(np.full((1, 6, 4), 0.25, np.float32))
+  log_probs[0, 2:4, 2] = 0.0  # the inside channel is certain on steps 2 and 3
+  scores, valid = segments.window_scores(jnp.asarray(log_probs), jnp.array([5]),
+                                         jnp.array([[2, 5]]))
+  np.testing.assert_array_equal(np.asarray(valid)[0], [[1, 1], [1, 0], [1, 0], [1, 0],
+                                                       [0, 0], [0, 0]])
+  assert int(np.argmax(np.asarray(scores)[0, :, 0])) == 2

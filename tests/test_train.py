@@ -121,6 +121,28 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path):
     evaluate.evaluate_checkpoint(straight, "3", "test")
 
 
+@pytest.mark.parametrize("arg,terms", [("windows", {"loss_cw"}),
+                                        ("windows=both", {"loss_cw", "loss_c"})])
+def test_weak_windows_run_predicts_candidate_windows(data_dir, tmp_path, arg, terms):
+  """The window co-attention objective trains, and its rule predicts candidate windows."""
+  config = weak_config.get_config(f"quick,{arg}")
+  quick = tiny_config("weak", data_dir)
+  config.data, config.train, config.eval.batch_size = quick.data, quick.train, 8
+  config.eval.baselines = ("stat_prior",)
+  config.eval.window_scales = (0.5, 1.0)
+  results = train.train_and_evaluate(config, str(tmp_path / "windows"))
+  records = [json.loads(line) for line in open(tmp_path / "windows" / "metrics.jsonl")]
+  for r in (r for r in records if "loss" in r):
+    assert terms <= set(r) and all(np.isfinite(r[t]) and r[t] > 0 for t in terms), r
+  assert results["inference"] == "windows"
+  predictions = json.load(open(tmp_path / "windows" / "results" / "test.predictions.json"))
+  for p in predictions["predictions"]:
+    query = p["query"]["segment"][1] - p["query"]["segment"][0]
+    window = p["reference"]["window"][1] - p["reference"]["window"][0]
+    length = p["predicted"][1] - p["predicted"][0]
+    assert length in {min(max(round(s * query), 1), window) for s in (0.5, 1.0)}, p
+
+
 def _tensorboard_scalars(directory: str) -> dict[str, list[tuple[int, float]]]:
   """The scalars of the TensorBoard event files in ``directory``: tag -> [(step, value)]."""
   from tensorboardX.proto import event_pb2

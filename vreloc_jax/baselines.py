@@ -50,6 +50,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from vreloc_jax import cli
 from vreloc_jax import metrics
 from vreloc_jax import storage
 from vreloc_jax.data import pairs as pairs_lib
@@ -347,7 +348,7 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS.method or not FLAGS.data_dir:
     raise app.UsageError("--method and --data_dir are required.")
   transform = None
-  try:
+  with cli.one_line_errors("vreloc_jax.baselines"):
     if FLAGS.project == "class_subspace":
       from vreloc_jax.data import synthetic  # pylint: disable=g-import-not-at-top
       basis = synthetic.class_subspace_projector(FLAGS.data_dir)
@@ -358,8 +359,6 @@ def main(argv: Sequence[str]) -> None:
       transform = class_subspace
     results, _ = run_baseline(FLAGS.method, FLAGS.data_dir, FLAGS.split, FLAGS.features,
                               FLAGS.seed, FLAGS.output, FLAGS.pair_seed, transform=transform)
-  except ValueError as e:
-    raise SystemExit(f"vreloc_jax.baselines: error: {e}") from None
   name = FLAGS.method + (f" ({FLAGS.project})" if FLAGS.project else "")
   if "prior" in results:
     print(f"training prior: start {results['prior'][0]:.4f}, end {results['prior'][1]:.4f}")
@@ -371,4 +370,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main, "vreloc_jax.baselines")

@@ -23,6 +23,7 @@ from absl import flags
 import jax
 
 from vreloc_jax import checkpoints
+from vreloc_jax import cli
 from vreloc_jax import export
 from vreloc_jax import metrics
 from vreloc_jax import sharding
@@ -86,7 +87,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  try:
+  with cli.one_line_errors("vreloc_jax.evaluate"):
     if FLAGS.model:
       if FLAGS.inference:
         raise ValueError("--inference cannot change an exported model's rule (it is part of "
@@ -97,8 +98,6 @@ def main(argv):
       sharding.start_process()
       results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output,
                                     FLAGS.inference)
-  except ValueError as e:
-    raise SystemExit(f"vreloc_jax.evaluate: error: {e}") from None
   if jax.process_index() == 0:
     name = f"checkpoint {results['checkpoint_step']} ({FLAGS.split})"
     print(metrics.format_table({name: results}))
@@ -106,4 +105,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, "vreloc_jax.evaluate")

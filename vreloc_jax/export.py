@@ -118,6 +118,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from vreloc_jax import cli
 from vreloc_jax import exported as exported_lib
 from vreloc_jax.data import batching
 from vreloc_jax.data.features import FeatureStore
@@ -633,15 +634,13 @@ def evaluate_export(directory: str, split: str = "test", output: str | None = No
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  try:
+  with cli.one_line_errors("vreloc_jax.export"):
     check_output(FLAGS.output, FLAGS.overwrite)  # Before any restore: refuse early.
     from vreloc_jax import sharding  # pylint: disable=g-import-not-at-top
     sharding.quiet_library_logs()
     sharding.enable_compilation_cache()  # One process: no multi-host join.
     metadata = export_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output, FLAGS.platforms,
                             FLAGS.overwrite, FLAGS.verify)
-  except ValueError as e:
-    raise SystemExit(f"vreloc_jax.export: error: {e}") from None
   size = sum(f["bytes"] for f in metadata["files"].values())
   print(f"exported step {metadata['checkpoint']['step']} of {FLAGS.workdir} to "
         f"{os.path.abspath(FLAGS.output)}: {len(metadata['programs'])} program(s) for "
@@ -651,4 +650,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, "vreloc_jax.export")

@@ -42,6 +42,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from vreloc_jax import cli
 from vreloc_jax import exported as model_lib
 from vreloc_jax import storage
 from vreloc_jax.data import features as features_lib
@@ -257,7 +258,7 @@ def main(argv):
     raise app.UsageError("Too many command-line arguments.")
   from vreloc_jax import sharding  # pylint: disable=g-import-not-at-top  (jax and absl only)
   sharding.quiet_library_logs()
-  try:
+  with cli.one_line_errors("vreloc_jax.localize"):
     if FLAGS.pairs is None and (FLAGS.query is None or FLAGS.reference is None):
       raise ValueError("pass --query and --reference, or --pairs")
     if FLAGS.pairs is not None and (FLAGS.query or FLAGS.reference):
@@ -304,10 +305,8 @@ def main(argv):
         print(f"{len(lines)} pairs localized: {FLAGS.output}")
       else:
         print("\n".join(lines))
-  except ValueError as e:
-    raise SystemExit(f"vreloc_jax.localize: error: {e}") from None
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, "vreloc_jax.localize")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vreloc_jax import candidates
+from vreloc_jax import segments
 
 START, END, INSIDE, OUTSIDE = 0, 1, 2, 3
 BOUNDARY_WEIGHT = 10.0  # w_i at start/end steps (eq. 19, Feng et al. 2018)
@@ -251,6 +252,102 @@ def coattention_loss(query: jax.Array, query_mask: jax.Array, reference: jax.Arr
                                         probs, alpha, action_mask)  # [B]
   valid = query_mask.any(axis=1) & reference_mask.any(axis=1)  # [B]
   return jnp.sum(jnp.where(valid, per_example, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+
+def window_criterion(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
+                     reference_mask: jax.Array, windows: jax.Array, alpha: float) -> jax.Array:
+  """The co-attention criterion ``d+ - d-`` (eqs. 17-18) of every candidate window.
+
+  Hard, uniform regions: the action region is the window ``[s, s + n)``, the
+  background the valid steps outside it (an empty background has cosines 0).
+  Cosines are scale-free, so region sums stand for the region means. The loss
+  of eq. 16 is ``sigmoid(-criterion)``: a higher criterion is a better window.
+  It depends on the input features only (no parameter).
+
+  Args:
+    query: [batch, len_query, D] input query features; query_mask bool[batch, len_query].
+    reference: [batch, len_ref, D] input reference features; reference_mask
+      bool[batch, len_ref] (a prefix).
+    windows: int[batch, K] candidate window lengths (`segments.window_lengths`).
+    alpha: weight of cos(q^a, r^b) in d-.
+
+  Returns:
+    float32[batch, len_ref, K]; entries of invalid windows are meaningless
+    (`segments.window_scores` gives the validity mask).
+  """
+  valid = reference_mask.astype(bool)  # [B, Lr]
+  len_ref = reference.shape[1]
+  reference = jnp.where(valid[..., None], reference.astype(jnp.float32), 0.0)  # [B, Lr, D]
+  q_a = _masked_mean(query, query_mask.astype(bool))[:, None, :]  # [B, 1, D]
+  cumulative = jnp.pad(jnp.cumsum(reference, axis=1), ((0, 0), (1, 0), (0, 0)))  # [B, Lr+1, D]
+  total = cumulative[:, -1:, :]  # [B, 1, D]
+  lengths = valid.sum(axis=1)  # [B]
+  starts = jnp.arange(len_ref)[None, :]  # [1, Lr]
+  criteria = []
+  for k in range(windows.shape[1]):  # K is small and static.
+    ends = jnp.minimum(starts + windows[:, k:k + 1], len_ref)  # [B, Lr]
+    r_a = jnp.take_along_axis(cumulative, ends[..., None], axis=1) - cumulative[:, :-1]
+    has_background = (windows[:, k:k + 1] < lengths[:, None])[..., None]  # [B, 1, 1]
+    r_b = jnp.where(has_background, total - r_a, 0.0)  # [B, Lr, D]
+    d_pos = _cosine(q_a, r_a)  # [B, Lr]
+    d_neg = alpha * _cosine(q_a, r_b) + (1.0 - alpha) * _cosine(r_a, r_b)
+    criteria.append(d_pos - d_neg)
+  return jnp.stack(criteria, axis=-1)  # [B, Lr, K]
+
+
+def window_coattention_loss(log_probs: jax.Array, query: jax.Array, query_mask: jax.Array,
+                            reference: jax.Array, reference_mask: jax.Array,
+                            scales: tuple[float, ...], alpha: float, temperature: float,
+                            example_mask: jax.Array | None = None) -> jax.Array:
+  """Co-attention over candidate windows (an extension of eqs. 13-18), mean over examples.
+
+  The paper's loss pools the features with soft per-step weights (eq. 14); its
+  optimum is then not a segment (inside weight on the few steps most like the
+  query, outside weight on outliers: lower than the loss at the target). Here
+  the model's per-step outputs define a distribution over the candidate windows
+  (`segments.window_scores`: ``pi = softmax(sum of log-odds over the window)``),
+  each window's co-attention criterion is computed with hard regions
+  (`window_criterion`), and the loss is the cross-entropy from the criterion's
+  Gibbs distribution ``tau = softmax(z / temperature)`` to ``pi``, ``z`` the
+  criterion standardized over the example's candidates (so one temperature
+  serves features whose cosines spread widely or narrowly).
+  Its minimum is ``pi = tau``, which for a small temperature is the window the
+  exhaustive search of the criterion finds; it reads no annotation.
+
+  Args:
+    log_probs: [batch, len_ref, 4] the model's log probabilities.
+    query, query_mask, reference, reference_mask: as `coattention_loss`.
+    scales: the candidate window lengths as multiples of the query length.
+    alpha: α of eq. 18.
+    temperature: of tau, in standard deviations of the example's criterion.
+    example_mask: optional bool[batch]; False examples (fillers) are ignored.
+
+  Returns:
+    float32 scalar; 0 when no example is valid.
+  """
+  query_mask = _valid_steps(query_mask, example_mask)  # [B, Lq]
+  reference_mask = _valid_steps(reference_mask, example_mask)  # [B, Lr]
+  lengths = reference_mask.sum(axis=1).astype(jnp.int32)  # [B]
+  query_lengths = query_mask.sum(axis=1).astype(jnp.int32)  # [B]
+  windows = segments.window_lengths(query_lengths, lengths, scales)  # [B, K]
+  scores, valid = segments.window_scores(log_probs, lengths, windows)  # [B, Lr, K]
+  criterion = jax.lax.stop_gradient(window_criterion(
+      query, query_mask, reference, reference_mask, windows, alpha))  # [B, Lr, K]
+  batch = scores.shape[0]
+  valid = valid.reshape(batch, -1)  # [B, Lr * K]
+  # A finite floor, not -inf: a row without candidates (a filler) stays finite.
+  log_pi = jax.nn.log_softmax(jnp.where(valid, scores.reshape(batch, -1), candidates.NEG_INF),
+                              axis=1)  # [B, Lr * K]
+  criterion = criterion.reshape(batch, -1)  # [B, Lr * K]
+  count = jnp.maximum(valid.sum(axis=1, keepdims=True), 1)  # [B, 1]
+  mean = jnp.sum(jnp.where(valid, criterion, 0.0), axis=1, keepdims=True) / count
+  spread = jnp.sqrt(jnp.sum(jnp.where(valid, (criterion - mean) ** 2, 0.0), axis=1,
+                            keepdims=True) / count)  # [B, 1]
+  standardized = (criterion - mean) / jnp.maximum(spread, COSINE_EPSILON)
+  tau = jax.nn.softmax(jnp.where(valid, standardized / temperature, candidates.NEG_INF), axis=1)
+  per_example = -jnp.sum(jnp.where(valid, tau * log_pi, 0.0), axis=1)  # [B]
+  real = query_mask.any(axis=1) & reference_mask.any(axis=1)  # [B]
+  return jnp.sum(jnp.where(real, per_example, 0.0)) / jnp.maximum(real.sum(), 1)
 
 
 # ------------------------------------------------- losses of segment-scoring comparators

@@ -8,8 +8,9 @@ points at the real one. A rerun with the same workdir resumes.
 
 Exit status: 0 when done; 75 (`sharding.PREEMPTED_EXIT_CODE`) when SIGTERM or SIGINT
 stopped the run after it saved a checkpoint (rerun the same command to resume; the
-launchers in launch/ requeue on it); 1 with a one-line message for bad input or a
-diverged run.
+launchers in launch/ requeue on it); 1 with a one-line message for bad input, a work
+directory that another run holds (W/.lock, `workdir.claim`) or a diverged run. A run
+that fails before its first step leaves no work directory behind (if it created it).
 """
 
 import sys
@@ -20,9 +21,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vreloc_jax import cli
 from vreloc_jax import sharding
 from vreloc_jax import train
 
+PROGRAM = "vreloc_jax.main"
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 config_flags.DEFINE_config_file("config", None, "Training configuration (a configs/*.py file).",
@@ -38,14 +41,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     return argv
   except OSError as e:
     reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    raise SystemExit(f"vreloc_jax.main: error: cannot load the --config file: {reason}") from None
-  except flags.Error as e:  # A bad value, a missing required flag, an unknown flag.
-    raise SystemExit(f"vreloc_jax.main: error: {e}") from None
+    raise cli.error(PROGRAM, f"cannot load the --config file: {reason}") from None
+  except flags.Error as e:  # A bad value, a missing required flag, an unknown flag, a config
+    raise cli.error(PROGRAM, e) from None  # file that raised (its last line, `cli.one_line`).
   except (AttributeError, KeyError) as e:  # ml_collections, for --config.<unknown>=…
     field = next((a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")
                   and not _config_has(a.split("=", 1)[0][len("--config."):])), None)
-    raise SystemExit(f"vreloc_jax.main: error: unknown config field {field or e} "
-                     "(see the configs/*.py file given with --config for the fields)") from None
+    raise cli.error(PROGRAM, f"unknown config field {field or e} (see the configs/*.py file "
+                    "given with --config for the fields)") from None
 
 
 def _config_has(path: str) -> bool:
@@ -62,8 +65,10 @@ def main(argv):
     raise app.UsageError("Too many command-line arguments.")
   try:
     # Handlers first: a scheduler's SIGTERM while the cluster forms or the data loads
-    # also ends in exit status 75 (requeued), not in the default 143.
-    with train.StopSignals() as stop:
+    # also ends in exit status 75 (requeued), not in the default 143. Bad input or a
+    # diverged run: say what, no traceback.
+    with cli.one_line_errors(PROGRAM, (ValueError, FloatingPointError)), \
+         train.StopSignals() as stop:
       sharding.start_process()
       logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                    jax.process_count(), jax.local_devices())
@@ -72,9 +77,7 @@ def main(argv):
     print(f"vreloc_jax.main: {e} (exit status {sharding.PREEMPTED_EXIT_CODE})", file=sys.stderr,
           flush=True)
     sys.exit(sharding.PREEMPTED_EXIT_CODE)
-  except (ValueError, FloatingPointError) as e:  # Bad input or a diverged run: say what, no traceback.
-    raise SystemExit(f"vreloc_jax.main: error: {e}") from None
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, PROGRAM, parse_flags)

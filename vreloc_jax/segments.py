@@ -12,6 +12,11 @@ predicted segment ``[start, end)`` (end exclusive) per example:
 * :func:`search_query_length` (weak supervision; an extension, not the
  paper's rule): the window as long as the query with the highest total
  ``p_inside``, the frame-level baseline's rule applied to the model's scores.
+* :func:`search_windows` (weak supervision; an extension): the candidate
+ window (lengths a few multiples of the query's, :func:`window_lengths`) of
+ highest log-odds ``sum(log p_inside - log p_outside)``
+ (:func:`window_scores`), the rule of the window co-attention objective
+ (`vreloc_jax.losses.window_coattention_loss`), which trains those scores.
 
 Both are written in vectorized ``jax.numpy`` with no Python loop over steps:
 they are batched, masked by the true reference lengths, and jit-compatible.
@@ -37,6 +42,9 @@ __all__ = [
     "search_full",
     "search_query_length",
     "search_weak",
+    "search_windows",
+    "window_lengths",
+    "window_scores",
 ]
 
 # 64 feature steps = 1,024 frames, the paper's and the benchmark's limit.
@@ -55,7 +63,7 @@ _LOG_FLOOR = -1e30
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 # Output columns of the log_probs channel axis.
-_START, _END, _INSIDE = 0, 1, 2
+_START, _END, _INSIDE, _OUTSIDE = 0, 1, 2, 3
 
 
 def search_full(
@@ -199,15 +207,117 @@ def search_query_length(
     raise ValueError("search_query_length: p_inside must have shape [batch, len_ref], "
                      f"got {p_inside.shape}")
   _check_lengths("search_query_length", lengths, p_inside.shape[0], p_inside.shape[1])
-  if query_lengths.shape != lengths.shape or not jnp.issubdtype(query_lengths.dtype, jnp.integer):
-    raise ValueError(f"search_query_length: query_lengths must be integers of shape "
-                     f"{lengths.shape}, got {query_lengths.dtype} {query_lengths.shape}")
+  _check_query_lengths("search_query_length", query_lengths, lengths)
   return _search_query_length(p_inside, lengths, query_lengths)
+
+
+def window_lengths(query_lengths: jax.Array, lengths: jax.Array,
+                   scales: tuple[float, ...]) -> jax.Array:
+  """The candidate window lengths of each row: ``round(scale * query length)``.
+
+  Args:
+   query_lengths: int ``[batch]`` true query lengths.
+   lengths: int ``[batch]`` true reference lengths.
+   scales: static multiples of the query length (``(1.0,)``: the query's length only).
+
+  Returns:
+   int32 ``[batch, len(scales)]``, each clipped to ``[1, max(length, 1)]``.
+  """
+  scale = jnp.asarray(scales, jnp.float32)[None, :]  # [1, K]
+  n = jnp.round(query_lengths.astype(jnp.float32)[:, None] * scale).astype(jnp.int32)
+  return jnp.clip(n, 1, jnp.maximum(lengths.astype(jnp.int32), 1)[:, None])  # [batch, K]
+
+
+def window_scores(log_probs: jax.Array, lengths: jax.Array,
+                  windows: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Log-odds of each candidate window: ``sum over [s, s + n) of log p_in - log p_out``.
+
+  The log-likelihood ratio of "inside on the window, outside elsewhere" against
+  "outside everywhere" under the per-step 4-way softmax, so the model's
+  distribution over windows is ``softmax(scores)`` over the valid candidates.
+
+  Args:
+   log_probs: float ``[batch, len_ref, 4]``; channels (start, end, inside, outside).
+   lengths: int ``[batch]`` true reference lengths (traced values are clipped).
+   windows: int ``[batch, K]`` window lengths (`window_lengths`).
+
+  Returns:
+   ``scores`` float32 ``[batch, len_ref, K]`` (entry ``(s, k)`` is the window
+   ``[s, s + windows[:, k])``; 0 where invalid) and ``valid`` bool ``[batch,
+   len_ref, K]``: the window lies within the row's length.
+  """
+  len_ref = log_probs.shape[1]
+  lengths = jnp.clip(lengths.astype(jnp.int32), 0, len_ref)  # [batch]
+  positions = jnp.arange(len_ref, dtype=jnp.int32)  # [len_ref]
+  step_mask = positions[None, :] < lengths[:, None]  # [batch, len_ref]
+  log_probs = jnp.maximum(log_probs.astype(jnp.float32), _LOG_FLOOR)
+  odds = jnp.where(step_mask, log_probs[..., _INSIDE] - log_probs[..., _OUTSIDE], 0.0)
+  cumulative = jnp.pad(jnp.cumsum(odds, axis=1), ((0, 0), (1, 0)))  # [batch, len_ref + 1]
+  ends = positions[None, :, None] + windows[:, None, :]  # [batch, len_ref, K]
+  valid = (ends <= lengths[:, None, None]) & (lengths[:, None, None] > 0)
+  ends = jnp.minimum(ends, len_ref)
+  total = jnp.take_along_axis(cumulative[:, :, None], ends, axis=1)  # [batch, len_ref, K]
+  scores = total - cumulative[:, :-1, None]
+  return jnp.where(valid, scores, 0.0), valid
+
+
+def search_windows(log_probs: jax.Array | np.ndarray, lengths: jax.Array | np.ndarray,
+                   query_lengths: jax.Array | np.ndarray,
+                   scales: tuple[float, ...] = (1.0,)) -> jax.Array:
+  """Finds the candidate window of highest log-odds (`window_scores`; an extension).
+
+  Candidates are the windows of ``round(scale * query length)`` steps for each
+  scale (`window_lengths`); the earliest start, then the first scale, wins
+  ties. It reads no annotation: the query's length is an input.
+
+  Args:
+   log_probs: float ``[batch, len_ref, 4]`` log probabilities.
+   lengths: int ``[batch]`` true reference lengths; a row of length 0 yields ``[0, 0)``.
+   query_lengths: int ``[batch]`` true query lengths.
+   scales: static multiples of the query length.
+
+  Returns:
+   int32 ``[batch, 2]`` predictions ``[start, end)`` (exclusive end).
+  """
+  log_probs, lengths = _as_array(log_probs), _as_array(lengths)
+  query_lengths = _as_array(query_lengths)
+  if log_probs.ndim != 3 or log_probs.shape[-1] != 4:
+    raise ValueError("search_windows: log_probs must have shape [batch, len_ref, 4], "
+                     f"got {log_probs.shape}")
+  _check_lengths("search_windows", lengths, log_probs.shape[0], log_probs.shape[1])
+  _check_query_lengths("search_windows", query_lengths, lengths)
+  scales = tuple(float(x) for x in scales)
+  if not scales or min(scales) <= 0:
+    raise ValueError(f"search_windows: scales must be positive numbers, got {scales}")
+  return _search_windows(log_probs, lengths, query_lengths, scales=scales)
+
+
+@functools.partial(jax.jit, static_argnames=("scales",))
+def _search_windows(log_probs: jax.Array, lengths: jax.Array, query_lengths: jax.Array, *,
+                    scales: tuple[float, ...]) -> jax.Array:
+  """Jitted kernel of :func:`search_windows` (arguments already checked)."""
+  len_ref = log_probs.shape[1]
+  lengths = jnp.clip(lengths.astype(jnp.int32), 0, len_ref)  # [batch]
+  windows = window_lengths(query_lengths, lengths, scales)  # [batch, K]
+  scores, valid = window_scores(log_probs, lengths, windows)  # [batch, len_ref, K]
+  flat = jnp.where(valid, scores, -jnp.inf).reshape(scores.shape[0], -1)  # [batch, len_ref * K]
+  best = jnp.argmax(flat, axis=1).astype(jnp.int32)  # [batch]
+  start, k = best // len(scales), best % len(scales)
+  end = start + jnp.take_along_axis(windows, k[:, None], axis=1)[:, 0]
+  prediction = jnp.stack([start, end], axis=1)  # [batch, 2]
+  return jnp.where(lengths[:, None] > 0, prediction, 0).astype(jnp.int32)
 
 
 def _as_array(value) -> jax.Array | np.ndarray:
   """Keeps jax arrays (and tracers) and numpy arrays; turns lists and scalars into numpy."""
   return value if isinstance(value, (jax.Array, np.ndarray)) else np.asarray(value)
+
+
+def _check_query_lengths(caller: str, query_lengths, lengths) -> None:
+  """Validates that ``query_lengths`` are integers of the shape of ``lengths``."""
+  if query_lengths.shape != lengths.shape or not jnp.issubdtype(query_lengths.dtype, jnp.integer):
+    raise ValueError(f"{caller}: query_lengths must be integers of shape "
+                     f"{lengths.shape}, got {query_lengths.dtype} {query_lengths.shape}")
 
 
 def _check_lengths(caller: str, lengths, batch: int, len_ref: int) -> None:

@@ -329,9 +329,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = "batch size") -> None:
+  if global_batch_size < 1:
+    raise ValueError(f"{name} must be at least 1, got {global_batch_size}; choose a positive "
+                     f"multiple of the {mesh.size} device(s)")
   if global_batch_size % mesh.size:
-    raise ValueError(f"batch size {global_batch_size} is not divisible by the {mesh.size} "
+    raise ValueError(f"{name} {global_batch_size} is not divisible by the {mesh.size} "
                      "devices; choose a multiple")
 
 

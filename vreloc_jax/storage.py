@@ -153,3 +153,14 @@ def copy_tree(source: str, destination: PathLike, last: str | None = None) -> No
       copy_tree(src, dst)
     else:
       epath.Path(src).copy(dst, overwrite=True)
+
+
+def process_alive(pid: int) -> bool:
+  """Whether process ``pid`` of this host runs (it may hold files it has not finished)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process.
+    return True
+  return True

@@ -260,7 +260,13 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, rng:
           "opt_state": make_optimizer(config).init(params)}
 
 
-INFERENCES = ("weak", "full", "query_length")
+INFERENCES = ("weak", "full", "query_length", "windows")
+COATTENTION_FORMS = ("paper", "windows", "both")
+
+
+def coattention_form(config: ml_collections.ConfigDict) -> str:
+  """``loss.coattention_form``; absent (a run of an earlier version): "paper"."""
+  return config.loss.get("coattention_form", "paper")
 
 
 def predict_segments(outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
@@ -268,8 +274,9 @@ def predict_segments(outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
   """The predicted segment [s, e) of each reference, by the config's inference rule.
 
   ``eval.inference``: "weak" (the paper's longest run above the mean p_inside),
-  "full" (start/end search) or "query_length" (an extension: the query-long
-  window of highest p_inside; `segments.search_query_length`).
+  "full" (start/end search), "query_length" (an extension: the query-long
+  window of highest p_inside; `segments.search_query_length`) or "windows"
+  (an extension: the candidate window of highest log-odds; `segments.search_windows`).
   """
   lengths = batch["reference_length"]  # [batch]
   if config.eval.inference == "weak":
@@ -277,10 +284,13 @@ def predict_segments(outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
   if config.eval.inference == "full":
     return segments.search_full(outputs["log_probs"], lengths, max_length=config.eval.max_length,
                                 form=config.eval.search_form)
+  query_lengths = batch["query_mask"].sum(axis=1).astype(jnp.int32)  # [batch]
   if config.eval.inference == "query_length":
-    query_lengths = batch["query_mask"].sum(axis=1).astype(jnp.int32)  # [batch]
     return segments.search_query_length(outputs["probs"][..., losses.INSIDE], lengths,
                                         query_lengths)
+  if config.eval.inference == "windows":
+    return segments.search_windows(outputs["log_probs"], lengths, query_lengths,
+                                   tuple(config.eval.window_scales))
   raise ValueError(f"unknown eval.inference {config.eval.inference!r}; expected one of "
                    f"{INFERENCES}")
 
@@ -321,7 +331,14 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
       return sum(terms.values()), terms
     terms = {}
     total = jnp.zeros((), jnp.float32)
-    if config.loss.coattention_weight > 0:
+    form = coattention_form(config)
+    if config.loss.coattention_weight > 0 and form in ("windows", "both"):
+      terms["loss_cw"] = losses.window_coattention_loss(
+          out["log_probs"], batch["query"], batch["query_mask"], batch["reference"],
+          reference_mask, tuple(config.eval.window_scales), config.loss.alpha,
+          config.loss.window_temperature, example_mask=example_mask)
+      total += config.loss.coattention_weight * terms["loss_cw"]
+    if config.loss.coattention_weight > 0 and form in ("paper", "both"):
       coatt = functools.partial(losses.coattention_loss, batch["query"], batch["query_mask"],
                                 batch["reference"], reference_mask, out["probs"],
                                 config.loss.alpha, example_mask=example_mask)
@@ -359,7 +376,9 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
     p_inside over the segment, or a segment-scoring model's `candidate_confidence`;
     ``loss_c``: the co-attention loss of each example with the action and
     background masks of its predicted segment (the criterion weak training
-    minimizes once masks are on; it reads no annotation), float32 [batch];
+    minimizes once masks are on; with ``loss.coattention_form="windows"`` the
+    regions weigh their steps uniformly, as that objective scores windows; it
+    reads no annotation), float32 [batch];
     ``probs``: float32 [batch, len_ref, 4] and ``attention``: float32
     [batch, len_ref, heads] H^matt, for figures (`vreloc_jax.figures`).
     A segment-scoring model (`scores_candidates`) predicts its best candidate;
@@ -384,10 +403,16 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
     inside = losses.segment_mask(predicted, batch["reference_mask"].shape[1])  # [batch, len_ref]
     score = (jnp.sum(jnp.where(inside, out["probs"][..., losses.INSIDE], 0.0), axis=1)
              / jnp.maximum(inside.sum(axis=1), 1))  # [batch]
+  action_mask = losses.segment_mask(predicted, batch["reference_mask"].shape[1])  # [batch, len_ref]
+  region_probs = out["probs"]
+  if coattention_form(config) != "paper":
+    # Uniform weights on each region: the criterion of the predicted window, as that
+    # objective scores windows (`losses.window_criterion`).
+    region_probs = jnp.stack([jnp.zeros_like(action_mask), jnp.zeros_like(action_mask),
+                              action_mask, ~action_mask], axis=-1).astype(jnp.float32)
   loss_c = losses.coattention_per_example(
       batch["query"], batch["query_mask"], batch["reference"], batch["reference_mask"],
-      out["probs"], config.loss.alpha,
-      action_mask=losses.segment_mask(predicted, batch["reference_mask"].shape[1]))  # [batch]
+      region_probs, config.loss.alpha, action_mask=action_mask)  # [batch]
   return {"segments": predicted, "score": score, "loss_c": loss_c, "probs": out["probs"],
           "attention": out["attention"]}
 
@@ -769,23 +794,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Raises:
     Preempted: a signal stopped the run after a checkpoint was saved.
     FloatingPointError: a step's loss, gradient norm or state was not finite.
-    ValueError: bad configuration or data, or a work directory of another run.
+    ValueError: bad configuration or data, a work directory of another run, or one
+      that another run holds (`workdir.claim`: W/.lock; a failed start removes what it
+      created).
   """
-  if stop is not None:
-    return _train_and_evaluate(config, workdir, stop)
-  with StopSignals() as own:
-    return _train_and_evaluate(config, workdir, own)
+  with workdir_lib.claim(workdir) as claim:
+    if stop is not None:
+      return _train_and_evaluate(config, workdir, stop, claim)
+    with StopSignals() as own:
+      return _train_and_evaluate(config, workdir, own, claim)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        stop: StopSignals) -> dict[str, Any]:
+                        stop: StopSignals, claim: workdir_lib.Claim | None = None
+                        ) -> dict[str, Any]:
   """`train_and_evaluate`, polling ``stop`` after every step and between phases."""
   storage.make_dirs(workdir)
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.train.batch_size, mesh)
-  sharding.check_batch_size(config.eval.batch_size, mesh)
+  sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
   if config.eval.inference not in INFERENCES:
     raise ValueError(f"eval.inference must be one of {INFERENCES}, got {config.eval.inference!r}")
+  if coattention_form(config) not in COATTENTION_FORMS:
+    raise ValueError(f"loss.coattention_form must be one of {COATTENTION_FORMS}, "
+                     f"got {coattention_form(config)!r}")
   if config.eval.select not in checkpoints.SELECTIONS:
     raise ValueError(f"eval.select must be one of {sorted(checkpoints.SELECTIONS)}, "
                      f"got {config.eval.select!r}")
@@ -805,7 +837,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = workdir_lib.MetricsWriter(workdir)
   try:
     return _train_then_test(config, workdir, stop, bench, runner, manager, writer, init_rng,
-                            step_rng)
+                            step_rng, claim)
   finally:
     runner.close()
     writer.close()
@@ -815,8 +847,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: StopSignals,
                      bench: Benchmark, runner: Runner, manager: Any,
                      writer: workdir_lib.MetricsWriter, init_rng: jax.Array,
-                     step_rng: jax.Array) -> dict[str, Any]:
-  """The training loop from the latest checkpoint, then the test evaluation."""
+                     step_rng: jax.Array, claim: workdir_lib.Claim | None = None
+                     ) -> dict[str, Any]:
+  """The training loop from the latest checkpoint, then the test evaluation.
+
+  ``claim.started`` is set once there is a run to keep: a checkpoint resumed or a step done.
+  """
   mesh = runner.mesh
   step_rng = sharding.replicate(jax.random.key_data(step_rng), mesh)
   batches = make_train_batches(config, bench)
@@ -831,6 +867,8 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
   else:
     logging.info("Resumed from step %d of %s.", int(state["step"]), manager.directory)
   first_step = int(state["step"])
+  if claim is not None and first_step > 0:
+    claim.started = True
   writer.truncate_after(first_step)
   _stop_if_signalled(stop, first_step)  # A signal during the set-up: nothing new to save.
   stream = batching.prefetch(batches.batch(s) for s in range(first_step, num_steps))
@@ -840,6 +878,8 @@ def _train_then_test(config: ml_collections.ConfigDict, workdir: str, stop: Stop
   tick, tick_step, start = time.time(), first_step, time.time()
   for step in range(first_step + 1, num_steps + 1):
     state, step_metrics = runner.train_step(state, sharding.to_global(next(stream), mesh), step_rng)
+    if claim is not None:
+      claim.started = True
     if unchecked is not None:
       _check_finite(*unchecked)
     unchecked = (step, step_metrics)

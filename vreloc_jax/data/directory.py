@@ -45,16 +45,6 @@ def _tmp_prefix(out_dir: str) -> str:
   return f".{os.path.basename(out_dir)}.tmp-{socket.gethostname()}-"
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # Someone else's process.
-    return True
-  return True
-
-
 def remove_abandoned(out_dir: str) -> list[str]:
   """Removes the temporary build directories of ``out_dir`` that a killed build left.
 
@@ -69,7 +59,7 @@ def remove_abandoned(out_dir: str) -> list[str]:
   removed = []
   for name in os.listdir(parent) if os.path.isdir(parent) else []:
     pid = name[len(prefix):].split("-", 1)[0]
-    if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+    if name.startswith(prefix) and pid.isdigit() and not storage.process_alive(int(pid)):
       shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
       removed.append(os.path.join(parent, name))
   return removed

@@ -141,8 +141,11 @@ def find_features(data_dir: str) -> str:
   ``<data_dir>/feat`` if it is a directory.
 
   Raises:
-    ValueError: neither exists.
+    ValueError: neither exists (or ``data_dir`` does not).
   """
+  if not storage.is_dir(data_dir):
+    raise ValueError(f"data directory {data_dir} does not exist (or is not a directory); pass "
+                     "the directory of the split files and features")
   hdf5 = storage.join(data_dir, DEFAULT_HDF5_NAME)
   if storage.is_file(hdf5):
     return hdf5
