@@ -73,15 +73,16 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
   bench = train.load_benchmark(config, split_names=(split,))
   runner = train.Runner(config, mesh, bench.feature_dim)
   manager = checkpoints.manager(workdir, read_only=True)
-  step = checkpoints.resolve_step(manager, checkpoint)
-  state = checkpoints.restore(manager, step, runner.abstract_state())
+  try:  # Closed on every path: a step never saved must not leave its threads behind.
+    step = checkpoints.resolve_step(manager, checkpoint)
+    state = checkpoints.restore(manager, step, runner.abstract_state())
+  finally:
+    manager.close()
   output = output or workdir_lib.evaluation_file(workdir, split, step, suffix.lstrip("_") or None)
-  results = train.evaluate(runner, state["params"], bench, split, output,
-                           {"checkpoint_step": step, "selection": str(checkpoint),
-                            "config": config.supervision,
-                            "variant": config.variant, "inference": train.inference_name(config)})
-  manager.close()
-  return results
+  return train.evaluate(runner, state["params"], bench, split, output,
+                        {"checkpoint_step": step, "selection": str(checkpoint),
+                         "config": config.supervision,
+                         "variant": config.variant, "inference": train.inference_name(config)})
 
 
 def main(argv):
