@@ -209,9 +209,8 @@ def apply_arguments(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
     else:
       raise ValueError(f"unknown config argument {token!r}; expected one of "
                        f"{model.VARIANTS}, alpha=X, recordings[=SOURCE], frame_similarity, "
-                       "frame_similarity_residual, "
-                       f"inference=RULE, query_length, windows, query_blind, {', '.join(COMPARATORS)}, "
-                       "quick")
+                       "frame_similarity_residual, inference=RULE, query_length, windows[=both], "
+                       f"query_blind, {', '.join(COMPARATORS)}, quick")
   if not comparator:
     config.model = model.apply_variant(config.model, config.variant)
   return config
