@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.synthetic_dir = ""  # Cache of the synthetic default; "" = ~/.cache/vreloc_jax/synthetic-…
   data.synthetic_seed = 0  # Seed of the generated synthetic benchmark.
   data.synthetic_scale = 1.0  # Fraction of the real benchmark's entry counts to generate.
-  data.synthetic_version = 4  # Synthetic generator version: 4, or 3 (the earlier one; README rows).
+  data.synthetic_version = 5  # Synthetic generator version (only 5 exists; earlier ones are refused).
   data.recordings = ""  # With no data.dir: a real-recordings benchmark (e.g. japanese_vowels).
   data.recordings_seed = 0  # Seed of its class split and reference streams.
   data.pair_seed = 0  # Seed of the fixed evaluation pairs.

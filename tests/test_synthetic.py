@@ -14,6 +14,9 @@ import pytest
 from vreloc_jax.data import features as features_lib
 from vreloc_jax.data import splits as splits_lib
 from vreloc_jax.data import synthetic
+from vreloc_jax.data.synthetic import features as feature_model
+from vreloc_jax.data.synthetic import layout
+from vreloc_jax.data.synthetic import writer
 from tests.conftest import REAL_DATA_DIR
 
 REAL_DIR = str(REAL_DATA_DIR)
@@ -48,8 +51,8 @@ def test_files_and_manifest(generated):
     manifest = json.load(f)
   assert manifest["seed"] == 0 and manifest["scale"] == SCALE
   assert manifest["version"] == synthetic.VERSION
-  assert manifest["params"]["class_dim"] == synthetic.DEFAULT_PARAMS.class_dim
-  world = synthetic.make_world(0, 1, synthetic.DEFAULT_PARAMS)
+  assert manifest["params"]["class_dim"] == synthetic.FeatureParams().class_dim
+  world = synthetic.make_world(0, 1, synthetic.FeatureParams())
   np.testing.assert_allclose(synthetic.class_subspace_projector(generated), world.class_basis,
                              atol=1e-6)
   with open(os.path.join(generated, "test.json")) as f:
@@ -166,7 +169,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
   def boom(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(synthetic, "_write_features", boom)
+  monkeypatch.setattr(writer, "_write_features", boom)
   out = tmp_path / "half"
   with pytest.raises(KeyboardInterrupt):
     synthetic.generate(str(out), seed=0, scale=SCALE)
@@ -205,12 +208,16 @@ def test_splits_from(generated, tmp_path):
     synthetic.generate(str(tmp_path / "x"), splits_from=str(tmp_path / "nowhere"))
 
 
-def test_render_video_structure_v4():
-  params = synthetic.DEFAULT_PARAMS
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+  return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_render_video_structure():
+  params = synthetic.FeatureParams()
   world = synthetic.make_world(0, 4, params)
   assert world.action_direction is None and world.prototypes is None
   assert len({tuple(a) for a in world.class_atoms}) == 4  # Distinct ordered sequences.
-  pieces = [synthetic._Piece(10, 22, 1, "entry"), synthetic._Piece(40, 46, 2, "distractor")]
+  pieces = [layout.Piece(10, 22, 1, "entry"), layout.Piece(40, 46, 2, "distractor")]
   features, class_coords = synthetic.render_video(pieces, 80, 1, world, params,
                                                   np.random.default_rng(0))
   assert features.shape == (80, 500) and features.dtype == np.float32
@@ -223,13 +230,23 @@ def test_render_video_structure_v4():
   context = np.r_[0:9, 23:39, 47:80]
   assert set(nearest[context].tolist()) <= set(own)
   assert [a for a in nearest[41:45] if a not in own] and set(nearest[41:45]) <= set(other)
-  # ... with the same energy as the instance: nothing but the order marks the action.
+  # ... with the same energy as the instance: in the class part only the order marks it.
   norms = np.linalg.norm(class_coords, axis=1)  # Each piece's gain is drawn from one range.
   low, high = (params.class_scale * g for g in params.amplitude_range)
   assert norms.max() <= high + 1e-4
   assert low * 0.9 <= norms[11:21].mean() and low * 0.9 <= norms[context].mean()
-  appearance = np.linalg.norm((features @ world.appearance_basis)[:, :], axis=1)
-  assert abs(appearance[11:21].mean() / appearance[context].mean() - 1.0) < 0.1
+  # Both actions (the instance and the distractor) carry the video's action look: their
+  # appearance departs from the background's along one direction ...
+  appearance = features @ world.appearance_basis  # [80, appearance_dim]
+  background = np.median(appearance[context], axis=0)
+  look = appearance[12:20].mean(axis=0) - background
+  assert np.linalg.norm(look) > 0.4 * params.action_scale
+  assert _cosine(look, appearance[42:44].mean(axis=0) - background) > 0.6
+  # ... which is the video's own: another video's look is unrelated to it.
+  other, _ = synthetic.render_video(pieces, 80, 1, world, params, np.random.default_rng(1))
+  other_appearance = other @ world.appearance_basis
+  other_look = other_appearance[12:20].mean(axis=0) - np.median(other_appearance[context], axis=0)
+  assert abs(_cosine(look, other_look)) < 0.3
   # The class part of the features is the class part plus in-subspace noise only.
   projected = features @ world.class_basis
   assert np.abs(projected - class_coords).mean() < 0.5 * params.class_scale
@@ -238,15 +255,15 @@ def test_render_video_structure_v4():
 def test_context_never_plays_the_class_order():
   own = np.array([3, 7, 1, 12])
   rng = np.random.default_rng(0)
-  orders = [tuple(synthetic._context_atoms(own, rng)) for _ in range(500)]
+  orders = [tuple(feature_model._context_atoms(own, rng)) for _ in range(500)]
   assert tuple(own) not in orders and len(set(orders)) == 23  # Every other permutation.
   assert all(sorted(o) == sorted(own) for o in orders)
 
 
-def test_render_video_structure_v3():
-  params = synthetic.params_for(3)
+def test_render_video_structure_positive_control():
+  params = synthetic.POSITIVE_CONTROL
   world = synthetic.make_world(0, 4, params)
-  pieces = [synthetic._Piece(10, 20, 1, "entry"), synthetic._Piece(30, 34, 2, "distractor")]
+  pieces = [layout.Piece(10, 20, 1, "entry"), layout.Piece(30, 34, 2, "distractor")]
   features, class_coords = synthetic.render_video(pieces, 40, 1, world, params,
                                                   np.random.default_rng(0))
   assert features.shape == (40, 500) and features.dtype == np.float32
@@ -259,24 +276,25 @@ def test_render_video_structure_v3():
   assert np.linalg.norm(class_coords[11:19], axis=1).max() <= params.class_scale * 1.2 + 1e-4
   assert np.linalg.norm(class_coords[30:34] - context, axis=1).min() > 0.5 * params.class_scale
   # Both instances carry the shared action direction, with their own appearance.
-  along_action = (features @ world.appearance_basis)[[15, 32]] @ world.action_direction
-  assert np.all(along_action > 0.5 * params.action_scale)
-  assert np.all(np.abs((features @ world.appearance_basis)[[5, 25]] @ world.action_direction) < 1)
+  along_action = (features @ world.appearance_basis) @ world.action_direction  # [40]
+  assert min(along_action[11:19].mean(), along_action[30:34].mean()) > 0.3 * params.action_scale
+  assert np.abs(along_action[background]).max() < 0.25 * params.action_scale  # Noise only.
 
 
-def test_versions(tmp_path):
-  """Version 3 stays available (its README rows reproduce); a version that does not exist is refused."""
-  out = str(tmp_path / "v3")
-  synthetic.generate(out, seed=0, scale=0.01, version=3)
+def test_positive_control_and_replaced_versions(tmp_path):
+  """The positive control is a named setting on the same layout; earlier versions are refused."""
+  out = str(tmp_path / "control")
+  synthetic.generate(out, seed=0, scale=0.01, params=synthetic.POSITIVE_CONTROL)
   with open(os.path.join(out, synthetic.MANIFEST_NAME)) as f:
     manifest = json.load(f)
-  assert manifest["version"] == 3 and "action_scale" in manifest["params"]
+  assert manifest["version"] == synthetic.VERSION == 5
+  assert manifest["feature_model"] == "positive_control" and manifest["params"]["action_scale"] == 2
   assert synthetic.class_subspace_projector(out).shape == (synthetic.FEATURE_DIM, 24)
-  # The same layout as version 4: only the features differ.
-  assert synthetic.generate_splits(0, 0.01, synthetic.params_for(3))["test"] == \
-      synthetic.generate_splits(0, 0.01)["test"]
-  with pytest.raises(ValueError, match="version 5 does not exist"):
-    synthetic.generate(str(tmp_path / "v5"), seed=0, scale=0.01, version=5)
+  # The same split files as the benchmark: only the features (and distractors) differ.
+  control = synthetic.generate_splits(0, 0.01, synthetic.POSITIVE_CONTROL)["test"]
+  assert control == synthetic.generate_splits(0, 0.01)["test"]
+  with pytest.raises(ValueError, match="version 4 was replaced by version 5"):
+    synthetic.generate(str(tmp_path / "v4"), seed=0, scale=0.01, version=4)
 
 
 def test_ar1_matches_recursion():
@@ -285,7 +303,7 @@ def test_ar1_matches_recursion():
   expected = np.zeros_like(eps)
   for t in range(300):
     expected[t] = eps[t] + (0.9 * expected[t - 1] if t else 0.0)
-  np.testing.assert_allclose(synthetic._ar1(eps, 0.9, block=64), expected, rtol=1e-9, atol=1e-9)
+  np.testing.assert_allclose(feature_model._ar1(eps, 0.9, block=64), expected, rtol=1e-9, atol=1e-9)
 
 
 @needs_real
@@ -318,16 +336,16 @@ def test_statistics_match_the_real_splits():
 @needs_real
 def test_measured_constants_are_the_module_constants():
   real = synthetic.measure_statistics(REAL_DIR)
-  assert tuple(real["entries_per_video"]) == synthetic.ENTRIES_PER_VIDEO_COUNTS
+  assert tuple(real["entries_per_video"]) == layout.ENTRIES_PER_VIDEO_COUNTS
   for split in synthetic.SPLITS:
     assert tuple(real["splits"][split]["class_entry_counts"]) == synthetic.CLASS_ENTRY_COUNTS[split]
-  assert tuple(np.bincount(real["segment_lengths"])[1:]) == synthetic.SEGMENT_LENGTH_COUNTS
-  for name, table in (("gap", synthetic.GAP_QUANTILES), ("lead", synthetic.LEAD_QUANTILES),
-                      ("trail", synthetic.TRAIL_QUANTILES)):
+  assert tuple(np.bincount(real["segment_lengths"])[1:]) == layout.SEGMENT_LENGTH_COUNTS
+  for name, table in (("gap", layout.GAP_QUANTILES), ("lead", layout.LEAD_QUANTILES),
+                      ("trail", layout.TRAIL_QUANTILES)):
     assert [int(np.floor(v)) for v in real[f"{name}_quantiles"]] == list(table), name
-  assert abs(real["p_hidden_before"] - synthetic.P_HIDDEN_BEFORE) < 1e-3
-  assert abs(real["p_hidden_between"] - synthetic.P_HIDDEN_BETWEEN) < 1e-3
-  assert abs(real["p_hidden_after"] - synthetic.P_HIDDEN_AFTER) < 1e-3
+  assert abs(real["p_hidden_before"] - layout.P_HIDDEN_BEFORE) < 1e-3
+  assert abs(real["p_hidden_between"] - layout.P_HIDDEN_BETWEEN) < 1e-3
+  assert abs(real["p_hidden_after"] - layout.P_HIDDEN_AFTER) < 1e-3
 
 
 def test_config_selects_the_version(monkeypatch, tmp_path):
@@ -335,7 +353,7 @@ def test_config_selects_the_version(monkeypatch, tmp_path):
   from vreloc_jax import train
   monkeypatch.setenv("VRELOC_CACHE", str(tmp_path))
   config = default.get_config()
-  assert train.synthetic_dir(config) == str(tmp_path / "synthetic-v4-seed0-scale1")
+  assert train.synthetic_dir(config) == str(tmp_path / "synthetic-v5-seed0-scale1")
   config.data.synthetic_version = 3
   assert train.synthetic_dir(config) == str(tmp_path / "synthetic-v3-seed0-scale1")
   del config.data.synthetic_version  # A work directory from before the field: version 3.
