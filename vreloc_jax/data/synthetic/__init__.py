@@ -23,8 +23,8 @@ proposal model can learn); class-specific content shared by a class's
 instances across videos (the order of its atoms, which only the query tells);
 soft boundaries. It is calibrated on the paper's training-free and
 query-agnostic rows, never on its own models' scores: the figures and the
-record of why versions 2-4 were replaced are in README.md ("Synthetic
-benchmark").
+record of why versions 2-4 were replaced are in docs/results.md ("Synthetic
+benchmark (generator v5)").
 """
 
 from vreloc_jax.data.synthetic.features import FEATURE_DIM

@@ -16,7 +16,7 @@ from vreloc_jax.data.synthetic import features
 from vreloc_jax.data.synthetic import layout
 from vreloc_jax.data.synthetic.features import FEATURE_DIM, ControlParams, FeatureParams, Params
 
-VERSION = 5  # The generator version; versions 3 and 4 were replaced (README, "Synthetic benchmark").
+VERSION = 5  # The generator version; 2-4 were replaced (docs/results.md).
 HDF5_NAME = "sub_activitynet_v1-3.c3d.hdf5"
 HDF5_DATASET = "c3d_features"
 MANIFEST_NAME = "synthetic.json"
@@ -102,7 +102,7 @@ def generate(out_dir: str, seed: int = 0, scale: float = 1.0, splits_from: str |
   """
   if version != VERSION:
     raise ValueError(f"synthetic generator version {version} was replaced by version {VERSION} "
-                     "(README.md, \"Synthetic benchmark\"); generate version "
+                     "(docs/results.md); generate version "
                      f"{VERSION}, or check out a project version that made {version}")
   params = params if params is not None else FeatureParams()
   manifest = _manifest(seed, scale if splits_from is None else 1.0, params, splits_from)
