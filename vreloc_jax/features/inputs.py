@@ -21,6 +21,7 @@ import numpy as np
 
 from vreloc_jax.data import features as features_lib
 from vreloc_jax.features import extractor as extractor_lib
+from vreloc_jax.features import progress as progress_lib
 from vreloc_jax.features import video
 
 _RANGE = re.compile(r"^(?P<path>.+?):(?P<start>\d+(?:\.\d*)?)-(?P<end>\d+(?:\.\d*)?)$")
@@ -125,9 +126,13 @@ class VideoInputs:
       low = min(start, c_start)
       high = None if end is None or c_complete else max(end, c_end)
     if cached is None or not covered:
+      known = video.num_steps(info.frames) if high is None else high
+      progress = progress_lib.Progress(max(1, known - low))
+      progress.update(label=f"{what} {span.path}")
       rows, _ = self.extractor.video(
           span.path, stride=video.FEATURE_FRAMES, start=low * video.FEATURE_FRAMES,
-          end=None if high is None else high * video.FEATURE_FRAMES)
+          end=None if high is None else high * video.FEATURE_FRAMES, on_batch=progress.update)
+      progress.close()
       self._rows[video_id] = (low, rows, high is None)
       self.fps[video_id] = info.fps
     first, rows, _ = self._rows[video_id]
