@@ -149,7 +149,7 @@ def _make_split(rng: np.random.Generator, labels: tuple[int, ...],
 
 def make_benchmark(root: str | os.PathLike[str], seed: int = 0,
                    feature_dim: int = FEATURE_DIM) -> Bench:
-  """Writes a tiny benchmark under ``root`` (see the module docstring), features of ``feature_dim``."""
+  """Writes a tiny benchmark under ``root`` (see the module docstring), ``feature_dim``-d."""
   root = pathlib.Path(root)
   root.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(seed)

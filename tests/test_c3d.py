@@ -226,7 +226,8 @@ def test_the_importer_reads_each_published_layout(tmp_path, layout, keras2, back
   params, info = weights.load(path, NARROW)
   assert info["layout"] == layout and len(info["sha256"]) == 64
   assert info["kernels_flipped"] == (layout == "keras_th" and backend is None)
-  assert {k: {n: v.shape for n, v in p.items()} for k, p in params.items()} == c3d.param_shapes(NARROW)
+  shapes = {k: {n: v.shape for n, v in p.items()} for k, p in params.items()}
+  assert shapes == c3d.param_shapes(NARROW)
   clips = _clips(2, 2, NARROW).astype(np.float32) - 110.0
   ref = caffe_c3d(blobs, clips)
   np.testing.assert_allclose(flax_fc7(params, clips, NARROW), ref, rtol=2e-4,

@@ -87,7 +87,8 @@ def _opencv_linear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   return np.floor(out + 0.5).astype(np.uint8)
 
 
-@pytest.mark.parametrize("shape, size", [((9, 13), (4, 6)), ((3, 5), (7, 11)), ((48, 64), (128, 171))])
+@pytest.mark.parametrize("shape, size", [((9, 13), (4, 6)), ((3, 5), (7, 11)),
+                                         ((48, 64), (128, 171))])
 def test_resize_is_opencvs_inter_linear(shape, size):
   image = np.random.default_rng(0).integers(0, 256, (*shape, 3)).astype(np.uint8)
   ours = video.resize_bilinear(image, size).astype(int)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import types
@@ -18,7 +17,7 @@ import types
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, make_benchmark, subprocess_env
+from tests.conftest import REPO_ROOT, subprocess_env
 from tests.test_bad_inputs import LOG_LINE, assert_one_line_error
 from tests.test_video import encode
 from vreloc_jax.data import features
@@ -84,7 +83,8 @@ def test_the_extractor_writes_the_benchmarks_layout_and_names_the_broken_video(p
   assert {k: (v["n_frames"], v["n_feat"], v["rows"], v["fps"]) for k, v in lengths.items()} == {
       "query": (32, 2, 3, 25.0), "reference": (48, 3, 5, 24.0)}
   settings = json.loads((place.out / "extractor.json").read_text())
-  assert settings["weights"]["random_seed"] == 0 and "smoke tests only" in settings["weights"]["note"]
+  assert settings["weights"]["random_seed"] == 0
+  assert "smoke tests only" in settings["weights"]["note"]
   assert settings["feature_dim"] == 500 and settings["clips"]["crop_offset_hw"] == [8, 29]
   store = features.open_features(features.find_features(str(place.out)))  # As every command.
   assert store.video("query").shape == (2, 500) and store.video("reference").shape == (3, 500)

@@ -36,8 +36,10 @@ class VideoSpan:
   end: float | None
 
   def describe(self) -> str:
-    return (self.path if self.start == 0 and self.end is None
-            else f"{self.path} [{self.start:g} s, {'end' if self.end is None else f'{self.end:g} s'})")
+    if self.start == 0 and self.end is None:
+      return self.path
+    end = "end" if self.end is None else f"{self.end:g} s"
+    return f"{self.path} [{self.start:g} s, {end})"
 
 
 def parse(text: str | None) -> VideoSpan | None:
