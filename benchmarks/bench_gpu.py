@@ -49,7 +49,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks.flops import matmul_gflops, model_flops  # noqa: E402
+from benchmarks.flops import PEAKS, matmul_gflops, model_flops  # noqa: E402
 from vreloc_jax import recurrence, sharding, train  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -67,25 +67,6 @@ flags.DEFINE_bool("ragged", False, "Reference lengths drawn in [len_ref / 2, len
 flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s for the model's precision "
                    "(default: PEAKS by device kind).")
 flags.DEFINE_string("json", None, "Also writes every measurement to this JSON file.")
-
-# Dense peak TFLOP/s (no 2:4 sparsity: half the datasheets' "with sparsity" tensor figures).
-# NVIDIA H100 and H200 datasheets (SXM: FP32 67, TF32 989/2, BF16 1979/2; PCIe: FP32 51,
-# TF32 756/2, BF16 1513/2; NVL: FP32 60, TF32 835/2, BF16 1671/2), A100 datasheet
-# (FP32 19.5, TF32 156, BF16 312); Cloud TPU system architecture pages (BF16 per chip:
-# v4 275, v5e 197, v5p 459, v6e 918). The first name found in the device kind counts.
-PEAKS = (
-    ("H200", {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4}),
-    ("H100 PCIe", {"float32": 51.2, "tf32": 378.0, "bfloat16": 756.5}),
-    ("H100 NVL", {"float32": 60.0, "tf32": 417.5, "bfloat16": 835.5}),
-    ("H100", {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4}),
-    ("A100", {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0}),
-    ("TPU v4", {"bfloat16": 275.0}),
-    ("TPU v5 lite", {"bfloat16": 197.0}),
-    ("TPU v5p", {"bfloat16": 459.0}),
-    ("TPU v5", {"bfloat16": 459.0}),
-    ("TPU v6 lite", {"bfloat16": 918.0}),
-)
-
 
 def peak_tflops(device: Any, dtype: str) -> tuple[float | None, str]:
   """(peak TFLOP/s or None, what it is) for the model's dtype on ``device``."""

@@ -13,6 +13,8 @@ call as nothing.
 `matmul_gflops` measures the rate of one large float32 matrix product, compiled by XLA on
 the default device with all its threads: what the machine's cores do at best. A step
 whose work is all matrix products cannot run faster than ``model_flops / rate``.
+
+`PEAKS` are the accelerators' vendor peaks, `peak_for` looks one up by device kind.
 """
 
 from __future__ import annotations
@@ -90,3 +92,30 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     jax.block_until_ready(product(a))
     best = min(best, time.perf_counter() - start)
   return 2.0 * size**3 / best / 1e9
+
+
+# Dense peak TFLOP/s (no 2:4 sparsity: half the datasheets' "with sparsity" tensor figures).
+# NVIDIA H100 and H200 datasheets (SXM: FP32 67, TF32 989/2, BF16 1979/2; PCIe: FP32 51,
+# TF32 756/2, BF16 1513/2; NVL: FP32 60, TF32 835/2, BF16 1671/2), A100 datasheet
+# (FP32 19.5, TF32 156, BF16 312); Cloud TPU system architecture pages (BF16 per chip:
+# v4 275, v5e 197, v5p 459, v6e 918). The first name found in the device kind counts.
+PEAKS = (
+    ("H200", {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4}),
+    ("H100 PCIe", {"float32": 51.2, "tf32": 378.0, "bfloat16": 756.5}),
+    ("H100 NVL", {"float32": 60.0, "tf32": 417.5, "bfloat16": 835.5}),
+    ("H100", {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4}),
+    ("A100", {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0}),
+    ("TPU v4", {"bfloat16": 275.0}),
+    ("TPU v5 lite", {"bfloat16": 197.0}),
+    ("TPU v5p", {"bfloat16": 459.0}),
+    ("TPU v5", {"bfloat16": 459.0}),
+    ("TPU v6 lite", {"bfloat16": 918.0}),
+)
+
+
+def peak_for(device_kind: str, precision: str) -> tuple[float | None, str]:
+  """(the `PEAKS` TFLOP/s of a device kind at ``precision``, or None; the entry's name)."""
+  for name, peaks in PEAKS:
+    if name.lower() in device_kind.lower() and precision in peaks:
+      return peaks[precision], f"{name} dense {precision}"
+  return None, f"no peak known for {device_kind!r} ({precision})"

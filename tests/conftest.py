@@ -147,8 +147,9 @@ def _make_split(rng: np.random.Generator, labels: tuple[int, ...],
   return [raw[i] for i in rng.permutation(len(raw))]  # classes interleaved
 
 
-def make_benchmark(root: str | os.PathLike[str], seed: int = 0) -> Bench:
-  """Writes a tiny benchmark under ``root`` (see the module docstring)."""
+def make_benchmark(root: str | os.PathLike[str], seed: int = 0,
+                   feature_dim: int = FEATURE_DIM) -> Bench:
+  """Writes a tiny benchmark under ``root`` (see the module docstring), ``feature_dim``-d."""
   root = pathlib.Path(root)
   root.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(seed)
@@ -162,7 +163,7 @@ def make_benchmark(root: str | os.PathLike[str], seed: int = 0) -> Bench:
       json.dump(raw_splits[split], f)
   with open(root / "length.json", "w") as f:
     json.dump({vid: {"n_frames": 16 * n + 5, "n_feat": n} for vid, n in n_feat.items()}, f)
-  feats = {vid: rng.normal(size=(n, FEATURE_DIM)).astype(np.float32) for vid, n in n_feat.items()}
+  feats = {vid: rng.normal(size=(n, feature_dim)).astype(np.float32) for vid, n in n_feat.items()}
   return Bench(root=str(root), hdf5=write_features(root, feats, "hdf5"),
                npy_dir=write_features(root, feats, "npy"), features=feats,
                raw_splits=raw_splits, split_files=split_files, labels=video_labels)

@@ -4,6 +4,8 @@
       --query=VIDEO:START-END --reference=VIDEO[:START-END] [--fps=30] [--plot=pair.png]
   python -m vreloc_jax.localize --workdir=W [--checkpoint=best] ...
   python -m vreloc_jax.localize --model=DIR --pairs=PAIRS.json --output=OUT.jsonl
+  python -m vreloc_jax.localize --model=DIR --query=clip.mp4[:START-END] \
+      --reference=long.mp4 --weights=FILE --pca=FILE [--plot=pair.png]
 
 ``--model`` is an export (``python -m vreloc_jax.export``); ``--workdir`` exports the
 run's ``--checkpoint`` to a temporary directory first (a few seconds). Videos are
@@ -20,6 +22,13 @@ comparator's own candidate score). ``--pairs`` takes a JSON
 list of ``{"query": "VIDEO:S-E", "reference": "VIDEO[:S-E]"}`` (optionally
 ``"fps"``, ``"duration"``, ``"groundtruth": [s, e]``) and writes one JSON line per
 pair to ``--output`` (written whole at the end), or prints them.
+
+Video files: a query and reference that name video files (ranges in seconds) are turned into
+features by the C3D extractor (`vreloc_jax.features.inputs`), with the flags of
+``python -m vreloc_jax.features`` (``--weights``, ``--pca``, ``--mean``, ``--clip_batch``); the
+segment is printed in steps, frames and seconds of the reference video, with the extractor's
+settings (the JSON lines record them). A model whose feature dimension differs from the
+extractor's is refused before any video is read, with what to do.
 
 Limits, checked before anything runs: a query longer than the model's largest
 query bucket is refused (the run was trained on queries of at most that many
@@ -58,8 +67,10 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", "best", "With --workdir: best, latest, min_loss_c or a step.")
   flags.DEFINE_string("features", None, "HDF5 file or directory of v_<id>.npy (default: the "
                       "run's data).")
-  flags.DEFINE_string("query", None, "VIDEO:START-END, the query clip in feature steps.")
-  flags.DEFINE_string("reference", None, "VIDEO or VIDEO:START-END, where to look.")
+  flags.DEFINE_string("query", None, "VIDEO:START-END, the query clip in feature steps; or a "
+                      "video file, FILE[:START-END] in seconds.")
+  flags.DEFINE_string("reference", None, "VIDEO or VIDEO:START-END, where to look; or a video "
+                      "file, FILE[:START-END] in seconds.")
   flags.DEFINE_list("groundtruth", None, "START,END of the true segment in the reference video, "
                     "when known (drawn in --plot).")
   flags.DEFINE_float("fps", None, "Frames per second of the reference video (for seconds).")
@@ -67,6 +78,8 @@ def define_flags() -> None:
   flags.DEFINE_string("plot", None, "Write the pair's figure (paper Fig. 4) to this PNG.")
   flags.DEFINE_string("pairs", None, "A JSON list of pairs to localize (see the docstring).")
   flags.DEFINE_string("output", None, "With --pairs: the JSON-lines file to write.")
+  from vreloc_jax.features import extractor  # pylint: disable=g-import-not-at-top
+  extractor.define_flags()  # --weights, --pca, --mean, --clip_batch: for video files.
   flags.register_multi_flags_validator(
       ["model", "workdir"], lambda f: (f["model"] is None) != (f["workdir"] is None),
       message="pass exactly one of --model and --workdir")
@@ -253,6 +266,35 @@ def _num_features(store: features_lib.FeatureStore, span: Span) -> int:
   return store.source.num_features(span.resolve(store, "reference"))
 
 
+class _Inputs:
+  """Where a pair's features come from: the feature file, or video files (read on demand)."""
+
+  def __init__(self, model: Any):
+    self.model = model
+    self.store: features_lib.FeatureStore | None = None
+    self.videos = None  # vreloc_jax.features.inputs.VideoInputs, once a video file is named.
+
+  def spans(self, query: str, reference: str, what: tuple[str, str] = ("query", "reference")
+            ) -> tuple[Span, Span, features_lib.FeatureStore, float | None]:
+    """The query's and reference's spans, their store, and the reference's frame rate."""
+    from vreloc_jax.features import inputs  # pylint: disable=g-import-not-at-top
+    named = [inputs.parse(query), inputs.parse(reference)]
+    if named == [None, None]:
+      if self.store is None:
+        self.store = features_lib.open_features(_features_path(self.model, FLAGS.features),
+                                                expected_dim=self.model.feature_dim)
+      return Span.parse(query, what[0]), Span.parse(reference, what[1]), self.store, None
+    if None in named:
+      raise ValueError(f"{what[named.index(None)]} {[query, reference][named.index(None)]!r} "
+                       "is not a video file, but the other one is: give both as video files "
+                       "or both as videos of the feature file")
+    if self.videos is None:
+      from vreloc_jax.features import extractor  # pylint: disable=g-import-not-at-top
+      self.videos = inputs.VideoInputs(extractor.from_flags(FLAGS), self.model.feature_dim)
+    (q, qa, qb), (r, ra, rb) = (self.videos.add(s, w) for s, w in zip(named, what))
+    return Span(q, qa, qb), Span(r, ra, rb), self.videos.store, self.videos.fps[r]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
@@ -265,16 +307,19 @@ def main(argv):
       raise ValueError("pass either --pairs or --query/--reference, not both")
     with tempfile.TemporaryDirectory() as tmp:
       model = _load_model(FLAGS.model, FLAGS.workdir, FLAGS.checkpoint, tmp)
-      store = features_lib.open_features(_features_path(model, FLAGS.features),
-                                         expected_dim=model.feature_dim)
+      inputs = _Inputs(model)
       if FLAGS.pairs is None:
-        query = Span.parse(FLAGS.query, "--query")
-        reference = Span.parse(FLAGS.reference, "--reference")
         truth = [int(v) for v in FLAGS.groundtruth] if FLAGS.groundtruth else None
         if truth is not None and (len(truth) != 2 or truth[1] <= truth[0]):
           raise ValueError(f"--groundtruth must be START,END with END > START, got {truth}")
+        query, reference, store, fps = inputs.spans(FLAGS.query, FLAGS.reference,
+                                                    ("--query", "--reference"))
         result = localize(model, store, query, reference)
-        print(describe(result, FLAGS.fps, FLAGS.duration, _num_features(store, reference)))
+        print(describe(result, fps or FLAGS.fps, FLAGS.duration,
+                       _num_features(store, reference)))
+        if store is not inputs.store:
+          print(f"  videos: {inputs.videos.describe(query.video, reference.video)}")
+          print(f"  features: {inputs.videos.extractor.describe()}")
         if FLAGS.plot:
           plot(result, FLAGS.plot, model, truth)
           print(f"figure: {FLAGS.plot}")
@@ -290,13 +335,15 @@ def main(argv):
         if not isinstance(request, dict) or "query" not in request or "reference" not in request:
           raise ValueError(f"{FLAGS.pairs}: pair {k} needs 'query' and 'reference'")
         try:
-          reference = Span.parse(request["reference"], "reference")
-          result = localize(model, store, Span.parse(request["query"], "query"), reference)
+          query, reference, store, fps = inputs.spans(request["query"], request["reference"])
+          result = localize(model, store, query, reference)
         except ValueError as e:
           raise ValueError(f"{FLAGS.pairs}: pair {k}: {e}") from None
-        record = result.record(request.get("fps", FLAGS.fps),
+        record = result.record(fps or request.get("fps", FLAGS.fps),
                                request.get("duration", FLAGS.duration),
                                _num_features(store, reference))
+        if store is not inputs.store:
+          record.update(inputs.videos.record(query.video, reference.video))
         if "groundtruth" in request:
           record["groundtruth"] = list(request["groundtruth"])
         lines.append(json.dumps(record))
