@@ -6,8 +6,9 @@
 Two kinds of record, both compared exactly (`tests/test_inertness.py` compares the code
 with `tests/fingerprints_e23e37d.json`, recorded by the code of commit e23e37d):
 
-* ``configs``: the configuration every command-line form builds (`CONFIG_FORMS`), as
-  ordered JSON with the type of every leaf; a form that raised records its error.
+* ``configs``: the configuration every command-line form builds (`CONFIG_FORMS`): the
+  SHA-256 of its fields in order, with the type of every leaf; a form that raised
+  records its error.
 * ``runs``: for the weak, full and each comparator's quick configuration on the tiny
   test benchmark (`RUNS`), a few training steps through ``train.train_and_evaluate``,
   then: the SHA-256 of the parameters of the last checkpoint (and of every checkpoint's
@@ -76,7 +77,7 @@ def _typed(value: Any) -> Any:
 
 
 def config_fingerprints() -> dict[str, Any]:
-  """form -> the ConfigDict it builds (`_typed`), or ``{"error": message}``."""
+  """form -> the SHA-256 of the ConfigDict it builds (`_typed`), or ``{"error": message}``."""
   out = {}
   for name, arg in CONFIG_FORMS:
     module = importlib.import_module(f"configs.{name}")
@@ -86,7 +87,7 @@ def config_fingerprints() -> dict[str, Any]:
     except Exception as e:  # pylint: disable=broad-except
       out[key] = {"error": f"{type(e).__name__}: {e}"}
       continue
-    out[key] = _typed(config)
+    out[key] = _sha(json.dumps(_typed(config)).encode())
   return out
 
 
