@@ -189,7 +189,11 @@ def run_fingerprint(config_file: str, arg: str, tmp: str) -> dict[str, Any]:
                             [30, 11, 19])
   record["export_outputs"] = {k: _tree_sha(v) for k, v in sorted(predicted.items())}
   record["export_segments"] = np.asarray(predicted["segments"]).tolist()
-  evaluation = export.evaluate_export(out, "test")
+  try:  # Its name since issue 20; before: export.evaluate_export.
+    from vreloc_jax.evaluation import score_export  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    score_export = export.evaluate_export
+  evaluation = score_export(out, "test")
   record["export_evaluation"] = _json_sha(_normalized(evaluation, tmp))
   with open(os.path.join(out, "model.json"), encoding="utf-8") as f:
     meta = json.load(f)

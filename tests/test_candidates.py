@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vreloc_jax import candidates
-from vreloc_jax import losses
+from vreloc_jax.comparators import candidates
+from vreloc_jax.comparators import losses
 
 LEN_REF, K = 7, 3
 LENGTHS = np.array([7, 5, 1, 0])  # the last reference has no valid step (a filler)
@@ -123,7 +123,9 @@ def test_comparator_trains_evaluates_and_exports_in_the_harness(name, tmp_path):
   import importlib
 
   from tests.conftest import make_benchmark
+  from vreloc_jax import evaluation
   from vreloc_jax import export
+  from vreloc_jax import models
   from vreloc_jax import train
 
   config = importlib.import_module(f"configs.{name}").get_config("quick")
@@ -137,13 +139,13 @@ def test_comparator_trains_evaluates_and_exports_in_the_harness(name, tmp_path):
   results = train.train_and_evaluate(config, str(workdir))
   assert results["variant"] == name and 0.0 <= results["mAP_avg"] <= 100.0
   metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-  loss_name = train.CANDIDATE_LOSSES[name][0] if name in train.CANDIDATE_LOSSES else "loss_w"
+  loss_name = getattr(models.FAMILIES[name], "loss_name", "loss_w")
   assert any(loss_name in m for m in metrics) and not any("loss_c" in m for m in metrics)
   # Per-step figures for models with per-step probabilities only.
   assert (workdir / "plots" / "step2").is_dir() == (name == "cgbm")
   out = tmp_path / "export"
   export.export_model(str(workdir), "best", str(out), platforms=("cpu",))
-  exported = export.evaluate_export(str(out), "test")
+  exported = evaluation.score_export(str(out), "test")
   assert exported["mAP_avg"] == results["mAP_avg"]
   # Its confidence in each prediction is in [0, 1] (localize ranks windows by it).
   from vreloc_jax import exported as exported_lib
@@ -157,9 +159,9 @@ def test_comparator_trains_evaluates_and_exports_in_the_harness(name, tmp_path):
 
 def test_comparators_refuse_weak_supervision():
   from configs import sst as sst_config_file
-  from vreloc_jax import train
+  from vreloc_jax import configuration
 
   config = sst_config_file.get_config("quick")
   config.supervision = "weak"
-  with pytest.raises(ValueError, match="full supervision"):
-    train.create_model(config)
+  with pytest.raises(ValueError, match="sst trains with full supervision"):
+    configuration.validate(config)

@@ -20,7 +20,7 @@ from tests.test_model import batch_variants
 from tests.test_model import applied
 from tests.test_model import random_params
 from tests.test_model import sequences
-from vreloc_jax import cgbm
+from vreloc_jax.comparators import cgbm
 from vreloc_jax import losses
 
 D = 6  # input feature dimension of the tiny tests

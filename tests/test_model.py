@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vreloc_jax import attention
-from vreloc_jax import model as model_lib
+from vreloc_jax.relocalizer import attention
+from vreloc_jax.relocalizer import model as model_lib
 
 D = 6  # input feature dimension of the tiny tests
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -19,7 +19,7 @@ from tests.test_model import applied
 from tests.test_model import assert_padding_invariant
 from tests.test_model import batch_variants
 from tests.test_model import sequences
-from vreloc_jax import sst
+from vreloc_jax.comparators import sst
 
 D = 6  # input feature dimension of the tiny tests
 K = 4  # candidate lengths of the tiny tests

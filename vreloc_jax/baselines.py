@@ -39,7 +39,7 @@ subspace, an oracle).
 
 Evaluation uses the split's deterministic pairs (`pairs.load_eval_pairs`) and
 writes the results file (``{"split", "num_pairs", "mAP", "mAP_avg", "method",
-…}``, percent) and a predictions file beside it (`metrics.evaluate_predictions`).
+…}``, percent) and a predictions file beside it (`metrics.score_predictions`).
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import app
 from absl import flags
+import jax.numpy as jnp
 import numpy as np
 
 from vreloc_jax import cli
+from vreloc_jax import losses
 from vreloc_jax import metrics
 from vreloc_jax import storage
 from vreloc_jax.data import pairs as pairs_lib
@@ -142,12 +144,12 @@ def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float =
   """The segment maximizing the co-attention criterion ``d+ - d-`` (paper eqs. 16-18).
 
   ``d+ = cos(q, r_in)``, ``d- = α cos(q, r_out) + (1 - α) cos(r_in, r_out)`` with
-  ``q`` the mean query feature and ``r_in`` / ``r_out`` the mean reference
-  feature inside / outside the segment. The whole reference is a candidate
-  only when it is a single step (the loss always has an outside: its
-  background weights are normalized to sum to 1); when no candidate has an
-  outside (a query at least as long as the reference, with ``query_length``),
-  the answer is the whole reference.
+  ``q`` the mean query feature and ``r_in`` / ``r_out`` the mean reference feature
+  inside / outside the segment: `losses.window_criterion`, the criterion the window
+  co-attention objective trains toward, searched exhaustively. The whole reference is
+  a candidate only when it is a single step (the loss always has an outside); when no
+  candidate has an outside (a query at least as long as the reference, with
+  ``query_length``), the answer is the whole reference.
 
   Args:
     query: [Lq, D].
@@ -161,42 +163,20 @@ def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float =
   Returns:
     ``(s, e)``, earliest start then shortest on ties.
   """
-  r = np.asarray(reference, dtype=np.float64)  # [L, D]
-  q = np.asarray(query, dtype=np.float64).mean(axis=0)  # [D]
-  n = r.shape[0]
-  total = r.sum(axis=0)  # [D]
-  gram = r @ r.T  # [L, L]
-  prefix = np.zeros((n + 1, n + 1))
-  prefix[1:, 1:] = gram.cumsum(0).cumsum(1)  # prefix[i, j] = sum_{t<i, u<j} r_t · r_u
-  q_prefix = np.concatenate([[0.0], np.cumsum(r @ q)])  # [L + 1]
-  t_prefix = np.concatenate([[0.0], np.cumsum(r @ total)])  # [L + 1]
+  n = reference.shape[0]
   if query_length:
-    lengths = np.array([min(query.shape[0], n)])  # [1]
+    lengths = np.array([min(query.shape[0], n)])  # [K]
   else:
     lengths = np.arange(1, min(max_length, n) + 1)  # [K]
-  s = np.arange(n)[:, None]  # [L, 1]
-  e = s + lengths[None, :]  # [L, K]
-  valid = (e <= n) & ((e - s < n) | (n == 1))
-  e = np.minimum(e, n)
-  inside_sq = prefix[e, e] - prefix[s, e] - prefix[e, s] + prefix[s, s]  # |sum inside|^2
-  q_in = q_prefix[e] - q_prefix[s]
-  t_in = t_prefix[e] - t_prefix[s]
-  total_sq = prefix[n, n]
-  outside_sq = np.maximum(total_sq - 2.0 * t_in + inside_sq, 0.0)
-  q_out = q @ total - q_in
-  in_out = t_in - inside_sq
-  q_norm = max(np.linalg.norm(q), _EPS)
-  in_norm = np.sqrt(np.maximum(inside_sq, _EPS ** 2))
-  out_norm = np.sqrt(np.maximum(outside_sq, _EPS ** 2))
-  has_out = outside_sq > _EPS
-  d_plus = q_in / (q_norm * in_norm)
-  d_minus = np.where(has_out, alpha * q_out / (q_norm * out_norm)
-                     + (1.0 - alpha) * in_out / (in_norm * out_norm), 0.0)
-  score = np.where(valid, d_plus - d_minus, -np.inf)  # [L, K]
+  criterion = np.asarray(losses.window_criterion(
+      jnp.asarray(query, jnp.float32)[None], jnp.ones((1, query.shape[0]), bool),
+      jnp.asarray(reference, jnp.float32)[None], jnp.ones((1, n), bool),
+      jnp.asarray(lengths, jnp.int32)[None], alpha))[0]  # [L, K]
+  starts = np.arange(n)[:, None]  # [L, 1]
+  valid = (starts + lengths[None, :] <= n) & ((lengths[None, :] < n) | (n == 1))  # [L, K]
   if not valid.any():
     return 0, n
-  flat = int(np.argmax(score))
-  start, k = divmod(flat, score.shape[1])
+  start, k = divmod(int(np.argmax(np.where(valid, criterion, -np.inf))), len(lengths))
   return start, start + int(lengths[k])
 
 
@@ -272,7 +252,7 @@ def predict(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
   raise ValueError(f"unknown method {method!r}; expected one of {METHODS + DIAGNOSTICS}")
 
 
-def evaluate_baseline(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
+def score_baseline(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
                       pairs: Sequence[pairs_lib.Pair], store: FeatureStore | None = None,
                       split: str = "test", seed: int = 0, results_path: str | None = None,
                       transform: Transform | None = None, **options) -> dict[str, Any]:
@@ -282,7 +262,7 @@ def evaluate_baseline(method: str, entries: Mapping[str, Sequence[splits_lib.Ent
     ``{"split", "num_pairs", "mAP": {"0.1": …}, "mAP_avg", "method", …}`` (percent).
   """
   predicted, info = predict(method, entries, pairs, store, seed, transform, **options)
-  return metrics.evaluate_predictions(split, pairs, predicted, results_path, extra=info)
+  return metrics.score_predictions(split, pairs, predicted, results_path, extra=info)
 
 
 def run_baseline(method: str, data_dir: str, split: str = "test", features: str | None = None,
@@ -319,7 +299,7 @@ def run_baseline(method: str, data_dir: str, split: str = "test", features: str 
     store.preload([e for p in pairs for e in (p.query, p.reference)])
   try:
     predicted, info = predict(method, entries, pairs, store, seed, transform, **options)
-    results = metrics.evaluate_predictions(split, pairs, predicted, output, extra=info)
+    results = metrics.score_predictions(split, pairs, predicted, output, extra=info)
   finally:
     if store is not None:
       store.close()

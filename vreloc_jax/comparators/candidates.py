@@ -1,8 +1,8 @@
-"""Candidate segments: the grid that segment-scoring comparators score.
+"""Candidate segments: the grid that segment-scoring comparators score, and their family.
 
-The video-level baseline and SST (`vreloc_jax.video_level`, `vreloc_jax.sst`) do not
-label reference steps; they give every candidate segment of the reference a score
-and predict the best one. The candidates of a reference of padded length Lr with K
+The video-level baseline and SST (`vreloc_jax.comparators.video_level`,
+`vreloc_jax.comparators.sst`) do not label reference steps; they give every candidate
+segment of the reference a score and predict the best one (`CandidateScoring`). The candidates of a reference of padded length Lr with K
 candidate lengths form a grid ``[len_ref, num_lengths]``: entry ``(s, k)`` is the
 segment ``[s, s + k + 1)`` (start-indexed, end exclusive, lengths 1..K). A candidate
 is valid when it lies inside the reference's valid steps.
@@ -12,10 +12,16 @@ Everything here is vectorized `jnp` and works under jit for any padded length.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-NEG_INF = -1e30  # Score given to invalid candidates before the argmax.
+from vreloc_jax import family
+from vreloc_jax import losses
+
+NEG_INF = losses.NEG_INF  # Score given to invalid candidates before the argmax.
 
 
 def candidate_bounds(len_ref: int, num_lengths: int) -> jax.Array:
@@ -100,3 +106,58 @@ def from_end_indexed(scores: jax.Array) -> jax.Array:
   gathered = jnp.take_along_axis(
       scores, jnp.minimum(steps, len_ref - 1)[None], axis=1)  # [batch, Lr, K]
   return jnp.where((steps < len_ref)[None], gathered, NEG_INF)
+
+
+class CandidateScoring(family.Family):
+  """Models that score candidate segments: their module returns ``candidate_scores`` and
+  ``candidate_mask`` [batch, len_ref, K] (start-indexed grid); the best valid candidate
+  is the prediction. Subclasses set `loss_name` and define `candidate_loss` and
+  `confidence`."""
+
+  per_step_probabilities = False
+  loss_name = ""  # The metric name of its training loss.
+
+  @classmethod
+  def check(cls, config: ml_collections.ConfigDict) -> None:
+    if config.supervision != "full" or config.loss.coattention_weight > 0:
+      raise ValueError(f"{cls.name} trains with full supervision and its own loss only; got "
+                       f"supervision={config.supervision!r}, loss.coattention_weight="
+                       f"{config.loss.coattention_weight}")
+
+  @property
+  def inference(self) -> str:
+    return "best_candidate"
+
+  def apply(self, params: Any, batch: family.Batch, dropout_rng: jax.Array | None = None
+            ) -> dict[str, jax.Array]:
+    """As `family.Family.apply`; in training the module is given the ground truth ``segment``."""
+    if dropout_rng is None:
+      return super().apply(params, batch)
+    return self.module.apply({"params": params}, batch["query"], batch["query_mask"],
+                             batch["reference"], batch["reference_mask"], deterministic=False,
+                             rngs={"dropout": dropout_rng}, segment=batch["segment"])
+
+  def candidate_loss(self, outputs: dict[str, jax.Array], batch: family.Batch) -> jax.Array:
+    """The model's own training loss (scalar)."""
+    raise NotImplementedError
+
+  def confidence(self, best: jax.Array) -> jax.Array:
+    """The score of each predicted candidate, float [batch], as a confidence in [0, 1]."""
+    raise NotImplementedError
+
+  def loss(self, outputs: dict[str, jax.Array], batch: family.Batch, step: jax.Array
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    terms = {self.loss_name: self.candidate_loss(outputs, batch)}
+    return sum(terms.values()), terms
+
+  def predict(self, outputs: dict[str, jax.Array], batch: family.Batch) -> dict[str, jax.Array]:
+    """The best candidate; its one-hot labels (`losses.soft_labels`) stand in for per-step
+    probabilities, and the attention has no heads."""
+    scores = jnp.where(outputs["candidate_mask"], outputs["candidate_scores"], NEG_INF)
+    predicted = best_candidate(scores, batch["reference_length"])  # [batch, 2]
+    len_ref = batch["reference_mask"].shape[1]
+    start, k = candidate_index(predicted, scores.shape[2])
+    best = scores[jnp.arange(scores.shape[0]), start, k]  # [batch]
+    return {"segments": predicted, "score": self.confidence(best),  # [batch]
+            "probs": losses.soft_labels(predicted, len_ref),  # [batch, len_ref, 4]
+            "attention": jnp.zeros(batch["reference_mask"].shape + (0,), jnp.float32)}

@@ -141,12 +141,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vreloc_jax.attention import _MASKED_SCORE
-from vreloc_jax.attention import check_pair
-from vreloc_jax.attention import check_sequence
-from vreloc_jax.attention import mask_steps
-from vreloc_jax.model import NUM_CLASSES
-from vreloc_jax.model import _dtype
+from vreloc_jax import family
+from vreloc_jax.inputs import MASKED_SCORE
+from vreloc_jax.inputs import check_sequence
+from vreloc_jax.inputs import mask_steps
+from vreloc_jax.inputs import model_inputs
+from vreloc_jax.losses import NUM_CLASSES
 
 # TF1's defaults: tf.get_variable (LSTM kernels) and slim.fully_connected both use
 # Glorot (Xavier) uniform weights and zero biases.
@@ -259,7 +259,7 @@ class AttentiveQuerySummary(nn.Module):
     hidden = jnp.tanh(query_keys + step[:, None, :].astype(query_keys.dtype))  # [B, Lq, a]
     scores = nn.Dense(1, kernel_init=_KERNEL_INIT, dtype=self.dtype,
                       name="score")(hidden)[..., 0].astype(jnp.float32)  # [B, Lq]
-    scores = jnp.where(query_mask, scores, _MASKED_SCORE)
+    scores = jnp.where(query_mask, scores, MASKED_SCORE)
     weights = jax.nn.softmax(scores, axis=-1)  # [B, Lq]
     summary = jnp.einsum("bq,bqd->bd", weights, query.astype(jnp.float32))  # [B, d]
     return summary, weights
@@ -539,11 +539,8 @@ class CGBM(nn.Module):
           at each reference step, mean of the two matching directions; 0 at padded
           reference or query steps.
     """
-    cfg = self.config.model if "model" in self.config else self.config
-    dtype = _dtype(cfg.dtype)
-    check_pair(query, query_mask, reference, reference_mask)
-    query_mask = query_mask.astype(bool)
-    reference_mask = reference_mask.astype(bool)
+    cfg, dtype, query_mask, reference_mask = model_inputs(self.config, query, query_mask,
+                                                          reference, reference_mask)
     query_lengths = query_mask.sum(axis=1).astype(jnp.int32)  # [B]
     reference_lengths = reference_mask.sum(axis=1).astype(jnp.int32)  # [B]
 
@@ -576,3 +573,16 @@ class CGBM(nn.Module):
         "probs": jax.nn.softmax(logits, axis=-1),
         "attention": attention,
     }
+
+
+class CGBMFamily(family.StepLabeling):
+  """CGBM in the harness: per-step outputs like the paper's model, trained the same way
+  (its configuration weighs the cross-entropy alone); its attention rows are query steps."""
+
+  name = "cgbm"
+  module_class = CGBM
+  attention_rows = "query step"
+
+  @property
+  def title(self) -> str:
+    return "CGBM"

@@ -111,10 +111,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vreloc_jax import candidates
-from vreloc_jax.attention import check_pair
-from vreloc_jax.attention import mask_steps
-from vreloc_jax.model import _dtype
+from vreloc_jax.comparators import candidates
+from vreloc_jax.comparators import losses
+from vreloc_jax.inputs import mask_steps
+from vreloc_jax.inputs import model_inputs
 
 
 def sst_config() -> ml_collections.ConfigDict:
@@ -128,7 +128,8 @@ def sst_config() -> ml_collections.ConfigDict:
   return cfg
 
 
-def _check_config(cfg: ml_collections.ConfigDict) -> None:
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for sizes or a dropout rate SST cannot have."""
   if cfg.num_lengths < 1 or cfg.hidden_dim < 1 or cfg.num_layers < 1:
     raise ValueError(f"sst: num_lengths, hidden_dim and num_layers must be >= 1, got "
                      f"{cfg.num_lengths}, {cfg.hidden_dim}, {cfg.num_layers}")
@@ -169,11 +170,9 @@ class SST(nn.Module):
           reference steps (`candidates.candidate_mask`).
     """
     del segment  # SST's output does not depend on the ground truth.
-    cfg = self.config.model if "model" in self.config else self.config
-    _check_config(cfg)
-    dtype = _dtype(cfg.dtype)
-    check_pair(query, query_mask, reference, reference_mask)
-    reference_mask = reference_mask.astype(bool)
+    cfg, dtype, _, reference_mask = model_inputs(self.config, query, query_mask, reference,
+                                                 reference_mask)
+    check_config(cfg)
     len_ref = reference.shape[1]
     lengths = reference_mask.sum(axis=1).astype(jnp.int32)  # [B]
 
@@ -187,3 +186,29 @@ class SST(nn.Module):
     starting = candidates.from_end_indexed(ending)  # [B, Lr, K]: (s, k)
     valid = candidates.candidate_mask(lengths, len_ref, cfg.num_lengths)  # [B, Lr, K]
     return {"candidate_scores": jnp.where(valid, starting, 0.0), "candidate_mask": valid}
+
+
+class SSTFamily(candidates.CandidateScoring):
+  """SST in the harness: trained with its proposal cross-entropy; confidence: the sigmoid."""
+
+  name = "sst"
+  module_class = SST
+  loss_name = "loss_p"
+
+  @property
+  def title(self) -> str:
+    return "SST"
+
+  @classmethod
+  def check(cls, config: ml_collections.ConfigDict) -> None:
+    super().check(config)
+    check_config(config.model)
+
+  def candidate_loss(self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
+                     ) -> jax.Array:
+    return losses.proposal_cross_entropy(outputs["candidate_scores"], outputs["candidate_mask"],
+                                         batch["segment"], batch["example_mask"],
+                                         positive_iou=self.config.loss.positive_iou)
+
+  def confidence(self, best: jax.Array) -> jax.Array:
+    return jax.nn.sigmoid(best)

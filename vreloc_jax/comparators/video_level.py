@@ -97,10 +97,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vreloc_jax import candidates
-from vreloc_jax.attention import check_pair
-from vreloc_jax.attention import mask_steps
-from vreloc_jax.model import _dtype
+from vreloc_jax.comparators import candidates
+from vreloc_jax.comparators import losses
+from vreloc_jax.inputs import mask_steps
+from vreloc_jax.inputs import model_inputs
 
 _EPS = 1e-12  # Squared norm below which a vector is left unnormalized (a zero vector).
 
@@ -115,6 +115,13 @@ def video_level_config() -> ml_collections.ConfigDict:
   cfg.train_starts = 4  # Random starts scored per reference in training, besides the ground truth's.
   cfg.dtype = "float32"  # Computation dtype of the projection and LSTM: float32 | bfloat16.
   return cfg
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for sizes or a dropout rate the baseline cannot have."""
+  if int(cfg.num_lengths) < 1 or cfg.train_starts < 0 or not 0.0 <= cfg.dropout < 1.0:
+    raise ValueError(f"video_level: num_lengths must be >= 1, train_starts >= 0 and dropout "
+                     f"in [0, 1); got {cfg.num_lengths}, {cfg.train_starts}, {cfg.dropout}")
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -191,20 +198,15 @@ class VideoLevel(nn.Module):
         'candidate_mask' bool [batch, len_ref, K]: inside the reference's valid
           steps and scored (in evaluation, `candidates.candidate_mask`).
     """
-    cfg = self.config.model if "model" in self.config else self.config
-    dtype = _dtype(cfg.dtype)
+    cfg, dtype, query_mask, reference_mask = model_inputs(self.config, query, query_mask,
+                                                          reference, reference_mask)
+    check_config(cfg)
     num_lengths = int(cfg.num_lengths)
-    if num_lengths < 1 or cfg.train_starts < 0 or not 0.0 <= cfg.dropout < 1.0:
-      raise ValueError(f"video_level: num_lengths must be >= 1, train_starts >= 0 and dropout "
-                       f"in [0, 1); got {num_lengths}, {cfg.train_starts}, {cfg.dropout}")
-    check_pair(query, query_mask, reference, reference_mask)
     batch, len_ref = reference.shape[0], reference.shape[1]
     sampled = segment is not None and not deterministic
     if sampled and tuple(segment.shape) != (batch, 2):
       raise ValueError(f"segment: expected shape {(batch, 2)} ([s, e) per example), got "
                        f"{tuple(segment.shape)}")
-    query_mask = query_mask.astype(bool)
-    reference_mask = reference_mask.astype(bool)
     query_lengths = query_mask.sum(axis=1).astype(jnp.int32)  # [B]
     reference_lengths = reference_mask.sum(axis=1).astype(jnp.int32)  # [B]
 
@@ -255,3 +257,31 @@ class VideoLevel(nn.Module):
       grid, mask = scores, inside
     return {"candidate_scores": jnp.where(mask, grid, 0.0).astype(jnp.float32),
             "candidate_mask": mask}
+
+
+class VideoLevelFamily(candidates.CandidateScoring):
+  """The video-level baseline in the harness: trained with the triplet loss; confidence:
+  1 - d^2 / 4 of the predicted segment (d: the distance of unit vectors)."""
+
+  name = "video_level"
+  module_class = VideoLevel
+  loss_name = "loss_t"
+
+  @property
+  def title(self) -> str:
+    return "video-level baseline"
+
+  @classmethod
+  def check(cls, config: ml_collections.ConfigDict) -> None:
+    super().check(config)
+    check_config(config.model)
+
+  def candidate_loss(self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
+                     ) -> jax.Array:
+    return losses.triplet_loss(outputs["candidate_scores"], outputs["candidate_mask"],
+                               batch["segment"], batch["example_mask"],
+                               margin=self.config.loss.triplet_margin,
+                               negative_iou=self.config.loss.negative_iou)
+
+  def confidence(self, best: jax.Array) -> jax.Array:
+    return 1.0 + best / 4.0
