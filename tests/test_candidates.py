@@ -1,4 +1,4 @@
-"""Tests of the candidate grid (vreloc_jax.candidates), its two losses, and every
+"""Tests of the candidate grid (vreloc_jax.comparators.candidates), its two losses, and every
 comparator (CGBM, SST, the video-level baseline) in the project's harness.
 
 Grid functions and losses are checked against brute-force loops over segments.

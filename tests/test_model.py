@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.attention and vreloc_jax.model (tiny dimensions, CPU).
+"""Tests of vreloc_jax.relocalizer.attention and .model (tiny dimensions, CPU).
 
 Compilation dominates the cost on CPU, so each test compiles as few shapes as it
 can: the padding checks put a zero-padded copy and a garbage-padded copy (NaN and

@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.sst, the query-agnostic SST comparator (tiny dimensions, CPU).
+"""Tests of vreloc_jax.comparators.sst, the query-agnostic SST comparator (tiny dimensions, CPU).
 
 As in test_cgbm.py, compilation dominates: one batch holds a zero-padded and a
 garbage-padded copy (NaN and large values, plus extra padding) of every example and

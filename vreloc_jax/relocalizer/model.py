@@ -141,7 +141,7 @@ class LocalizationPredictor(nn.Module):
   Both recurrent layers get the reference lengths, so the backward direction of the
   BiLSTM starts at the last valid step, and forward outputs at valid steps never see
   padding. BiLSTM outputs are zeroed at padded steps. The parameters are the same
-  whichever implementation runs the LSTMs (`vreloc_jax.recurrence`).
+  whichever implementation runs the LSTMs (`vreloc_jax.relocalizer.recurrence`).
 
   Attributes:
     lstm_dim: hidden size of each BiLSTM direction and of the second LSTM.
