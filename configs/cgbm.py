@@ -29,7 +29,8 @@ import ml_collections
 from configs import comparator
 from vreloc_jax.comparators import cgbm
 
-QUICK_SIZES = dict(aggregation_dim=16, attention_dim=16, matching_dim=16, localization_dim=16)  # The model's sizes in a ``quick`` run.
+# The model's sizes in a ``quick`` run.
+QUICK_SIZES = dict(aggregation_dim=16, attention_dim=16, matching_dim=16, localization_dim=16)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,4 +1,4 @@
-"""The code computes what the code of commit e23e37d computed, bit for bit (`tests/fingerprints.py`).
+"""The code computes what commit e23e37d computed, bit for bit (`tests/fingerprints.py`).
 
 Issue 20 restructured the project without changing a number: the configurations of every
 command-line form, and for the weak, full and each comparator's quick configuration the

@@ -315,7 +315,8 @@ def test_stop_signals_record_the_first_and_restore_the_handlers():
 
   with preemption.StopSignals() as stop:
     delivered(stop, signal.SIGTERM)
-    assert stop.signum == signal.SIGTERM and preemption.agree_on_signal(stop.signum) == signal.SIGTERM
+    assert stop.signum == signal.SIGTERM
+    assert preemption.agree_on_signal(stop.signum) == signal.SIGTERM
     delivered(stop, signal.SIGTERM)  # A repeated SIGTERM changes nothing.
     assert stop.signum == signal.SIGTERM
     if callable(before[signal.SIGINT]):  # Python's KeyboardInterrupt (not a kill).

@@ -47,7 +47,8 @@ def validate(config: ml_collections.ConfigDict, devices: int | None = None) -> N
     if config[section][name] < 1:
       raise ValueError(f"{field} must be at least 1, got {config[section][name]}")
   if config.eval.inference not in family.INFERENCES:
-    raise ValueError(f"eval.inference must be one of {family.INFERENCES}, got {config.eval.inference!r}")
+    raise ValueError(f"eval.inference must be one of {family.INFERENCES}, "
+                     f"got {config.eval.inference!r}")
   if family.coattention_form(config) not in family.COATTENTION_FORMS:
     raise ValueError(f"loss.coattention_form must be one of {family.COATTENTION_FORMS}, "
                      f"got {family.coattention_form(config)!r}")

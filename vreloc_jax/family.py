@@ -49,6 +49,7 @@ class Family:
   """
 
   name = ""  # ``config.model_name``.
+  title = ""  # The model's name in result tables.
   module_class: type[nn.Module]
   attention_rows = "attention head"  # What the rows of the ``attention`` output are.
   per_step_probabilities = True  # False: ``probs`` are the prediction's one-hot labels.
@@ -57,19 +58,19 @@ class Family:
     self.config = config
     self.module = self.module_class(config.model)
 
+  @staticmethod
+  def check_model(model_config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for a model section the module cannot run."""
+
   @classmethod
   def check(cls, config: ml_collections.ConfigDict) -> None:
     """Raises ValueError if ``config`` does not suit this family (`configuration.validate`)."""
+    cls.check_model(config.model)
 
   @classmethod
   def portable(cls, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``config`` set to run on every platform an export serves (same parameters)."""
     return config
-
-  @property
-  def title(self) -> str:
-    """The model's name in result tables."""
-    return self.name
 
   @property
   def inference(self) -> str:

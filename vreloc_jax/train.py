@@ -76,8 +76,7 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Arra
   Args:
     state: {"step", "params", "opt_state"} (replicated; donated by the caller).
     batch: a global batch (`vreloc_jax.data.batching`); weak batches carry no ``segment``.
-    rng: the run's base key as raw key data (uint32, `jax.random.key_data`);
-      dropout uses ``fold_in(rng, step)``.
+    rng: the run's base key as raw key data (uint32); dropout uses ``fold_in(rng, step)``.
     family: the model's family (its module and loss).
     config: the run's configuration.
 
@@ -105,13 +104,10 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, family: family_lib.Fa
   """Predictions of a global batch, and how well each separates the query's action.
 
   Returns:
-    The family's prediction (`family.Family.predict`: ``segments`` int32 [batch, 2],
-    ``score`` float32 [batch], ``probs`` float32 [batch, len_ref, 4], ``attention``
-    float32 [batch, len_ref, heads]) and ``loss_c``, float32 [batch]: the co-attention
-    loss of each example with the action and background masks of its predicted
-    segment (the criterion weak training minimizes once masks are on; with
-    ``loss.coattention_form`` other than "paper" the regions weigh their steps
-    uniformly, as the window objective scores windows; it reads no annotation).
+    The family's prediction (`family.Family.predict`) and ``loss_c``, float32 [batch]:
+    the co-attention loss of each example with the masks of its predicted segment (what
+    weak training minimizes once masks are on; uniform regions for the window
+    objective, which scores windows so); it reads no annotation.
   """
   prediction = family.predict(family.apply(params, batch), batch)
   action_mask = losses.segment_mask(prediction["segments"],
@@ -175,13 +171,6 @@ class Runner:
           lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
     return self._abstract_state
 
-  def abstract_batch(self, layout: dict[str, tuple[tuple[int, ...], type]]
-                     ) -> dict[str, jax.ShapeDtypeStruct]:
-    """A global batch of `batching.batch_layout` ``layout``, as sharded abstract arrays."""
-    batch = sharding.batch_sharding(self.mesh)
-    return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch)
-            for name, (shape, dtype) in layout.items()}
-
   def batch_function(self, params: Any) -> evaluation.BatchFunction:
     """The eval step of ``params`` on this process's slice of a global batch."""
     return lambda local: self.eval_step(params, sharding.to_global(local, self.mesh))
@@ -193,12 +182,14 @@ class Runner:
       plan: ("train" or "eval", `batching.batch_layout`) of the batches to come.
       rng: the train step's ``rng`` argument (only its signature is used).
     """
-    state = self.abstract_state()
+    state, sharded = self.abstract_state(), sharding.batch_sharding(self.mesh)
     for kind, layout in plan:
+      batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharded)
+               for name, (shape, dtype) in layout.items()}  # The global batch, abstract.
       if kind == "train":
-        self.train_step.compile_ahead(state, self.abstract_batch(layout), rng)
+        self.train_step.compile_ahead(state, batch, rng)
       else:
-        self.eval_step.compile_ahead(state["params"], self.abstract_batch(layout))
+        self.eval_step.compile_ahead(state["params"], batch)
 
   def close(self) -> None:
     """Drops the background compilations not started yet."""

@@ -2,12 +2,13 @@
 
 The video-level baseline and SST (`vreloc_jax.comparators.video_level`,
 `vreloc_jax.comparators.sst`) do not label reference steps; they give every candidate
-segment of the reference a score and predict the best one (`CandidateScoring`). The candidates of a reference of padded length Lr with K
-candidate lengths form a grid ``[len_ref, num_lengths]``: entry ``(s, k)`` is the
-segment ``[s, s + k + 1)`` (start-indexed, end exclusive, lengths 1..K). A candidate
-is valid when it lies inside the reference's valid steps.
+segment of the reference a score and predict the best one (`CandidateScoring`). The
+candidates of a reference of padded length Lr with K candidate lengths form a grid
+``[len_ref, num_lengths]``: entry ``(s, k)`` is the segment ``[s, s + k + 1)``
+(start-indexed, end exclusive, lengths 1..K). A candidate is valid when it lies inside
+the reference's valid steps.
 
-Everything here is vectorized `jnp` and works under jit for any padded length.
+The grid functions are vectorized `jnp` and work under jit for any padded length.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class CandidateScoring(family.Family):
       raise ValueError(f"{cls.name} trains with full supervision and its own loss only; got "
                        f"supervision={config.supervision!r}, loss.coattention_weight="
                        f"{config.loss.coattention_weight}")
+    super().check(config)
 
   @property
   def inference(self) -> str:

@@ -422,9 +422,6 @@ class CGBMFamily(family.StepLabeling):
   (its configuration weighs the cross-entropy alone); its attention rows are query steps."""
 
   name = "cgbm"
+  title = "CGBM"
   module_class = CGBM
   attention_rows = "query step"
-
-  @property
-  def title(self) -> str:
-    return "CGBM"

@@ -110,17 +110,10 @@ class SSTFamily(candidates.CandidateScoring):
   """SST in the harness: trained with its proposal cross-entropy; confidence: the sigmoid."""
 
   name = "sst"
+  title = "SST"
   module_class = SST
   loss_name = "loss_p"
-
-  @property
-  def title(self) -> str:
-    return "SST"
-
-  @classmethod
-  def check(cls, config: ml_collections.ConfigDict) -> None:
-    super().check(config)
-    check_config(config.model)
+  check_model = staticmethod(check_config)
 
   def candidate_loss(self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
                      ) -> jax.Array:

@@ -198,17 +198,10 @@ class VideoLevelFamily(candidates.CandidateScoring):
   1 - d^2 / 4 of the predicted segment (d: the distance of unit vectors)."""
 
   name = "video_level"
+  title = "video-level baseline"
   module_class = VideoLevel
   loss_name = "loss_t"
-
-  @property
-  def title(self) -> str:
-    return "video-level baseline"
-
-  @classmethod
-  def check(cls, config: ml_collections.ConfigDict) -> None:
-    super().check(config)
-    check_config(config.model)
+  check_model = staticmethod(check_config)
 
   def candidate_loss(self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
                      ) -> jax.Array:

@@ -265,12 +265,13 @@ class ReLocalizerFamily(family.StepLabeling):
 
   name = "relocalizer"
   module_class = ReLocalizer
+  check_model = staticmethod(check_config)
 
   @classmethod
   def check(cls, config: ml_collections.ConfigDict) -> None:
     if config.variant not in VARIANTS:
       raise ValueError(f"unknown model variant {config.variant!r}; expected one of {VARIANTS}")
-    check_config(config.model)
+    super().check(config)
 
   @classmethod
   def portable(cls, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
