@@ -31,6 +31,7 @@ import hashlib
 import importlib
 import json
 import os
+import pathlib
 import platform
 import sys
 import tempfile
@@ -61,6 +62,8 @@ _COMPARATOR_FORMS = [None, "quick", "recordings", "recordings=shoulder_exercises
 CONFIG_FORMS = ([("weak", f) for f in _PAPER_FORMS] + [("full", f) for f in _PAPER_FORMS]
                 + [(c, f) for c in ("cgbm", "sst", "video_level") for f in _COMPARATOR_FORMS])
 
+# The record of the code of commit e23e37d (before issue 20).
+RECORD = pathlib.Path(__file__).with_name("fingerprints_e23e37d.json")
 # (name, config file, argument) of the runs.
 RUNS = [("weak", "weak", "quick"), ("weak_windows_both", "weak", "quick,windows=both"),
         ("full", "full", "quick"), ("cgbm", "cgbm", "quick"), ("sst", "sst", "quick"),
@@ -135,14 +138,9 @@ def _checkpoint_trees(workdir: str) -> dict[int, Any]:
   return {s: checkpointer.restore(os.path.join(root, str(s), "default")) for s in steps}
 
 
-def run_fingerprint(config_file: str, arg: str, tmp: str) -> dict[str, Any]:
-  """Trains the configuration a few steps on the tiny benchmark; fingerprints what it wrote."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
+def configure(config_file: str, arg: str, tmp: str) -> Any:
+  """The configuration of a run (`RUNS`) on the tiny test benchmark, written under ``tmp``."""
   from tests.conftest import make_benchmark  # pylint: disable=import-outside-toplevel
-  from vreloc_jax import export  # pylint: disable=import-outside-toplevel
-  from vreloc_jax import exported  # pylint: disable=import-outside-toplevel
-  from vreloc_jax import train  # pylint: disable=import-outside-toplevel
-
   config = importlib.import_module(f"configs.{config_file}").get_config(arg)
   config.data.dir = make_benchmark(os.path.join(tmp, "bench"), seed=5).root
   config.data.query_buckets = (16,)
@@ -152,8 +150,17 @@ def run_fingerprint(config_file: str, arg: str, tmp: str) -> dict[str, Any]:
   config.train.checkpoint_every = 2
   config.loss.mask_after_steps = 1  # The masked co-attention loss from the second step on.
   config.eval.baselines = ("random", "stat_prior", "frame_level")
-  workdir = os.path.join(tmp, "w")
-  train.train_and_evaluate(config, workdir)
+  return config
+
+
+def fingerprint(workdir: str, export_dir: str, tmp: str) -> dict[str, Any]:
+  """The fingerprints of a trained work directory and of its export (module docstring)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from vreloc_jax import exported  # pylint: disable=import-outside-toplevel
+  try:  # Its name since issue 20; before: export.evaluate_export.
+    from vreloc_jax.evaluation import score_export  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    from vreloc_jax.export import evaluate_export as score_export  # pylint: disable=all
 
   record: dict[str, Any] = {}
   trees = _checkpoint_trees(workdir)
@@ -179,9 +186,7 @@ def run_fingerprint(config_file: str, arg: str, tmp: str) -> dict[str, Any]:
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     record["config_json"] = _json_sha(_normalized(json.load(f), tmp))
 
-  out = os.path.join(tmp, "export")
-  export.export_model(workdir, "best", out, platforms=("cpu",))
-  model = exported.load(out)
+  model = exported.load(export_dir)
   rng = np.random.default_rng(0)
   predicted = model.predict(rng.normal(size=(3, 7, model.feature_dim)).astype(np.float32),
                             [7, 2, 5],
@@ -189,19 +194,25 @@ def run_fingerprint(config_file: str, arg: str, tmp: str) -> dict[str, Any]:
                             [30, 11, 19])
   record["export_outputs"] = {k: _tree_sha(v) for k, v in sorted(predicted.items())}
   record["export_segments"] = np.asarray(predicted["segments"]).tolist()
-  try:  # Its name since issue 20; before: export.evaluate_export.
-    from vreloc_jax.evaluation import score_export  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    score_export = export.evaluate_export
-  evaluation = score_export(out, "test")
+  evaluation = score_export(export_dir, "test")
   record["export_evaluation"] = _json_sha(_normalized(evaluation, tmp))
-  with open(os.path.join(out, "model.json"), encoding="utf-8") as f:
+  with open(os.path.join(export_dir, "model.json"), encoding="utf-8") as f:
     meta = json.load(f)
   record["export_meta"] = _json_sha(_normalized(
       {k: meta[k] for k in ("feature_dim", "query_buckets", "reference_buckets", "inference",
                             "per_step_probabilities", "inference_options", "checkpoint",
                             "config", "params", "signature")}, tmp))
   return record
+
+
+def run_fingerprint(config_file: str, arg: str, tmp: str) -> dict[str, Any]:
+  """Trains a run (`RUNS`) a few steps on the tiny benchmark, exports it, fingerprints both."""
+  from vreloc_jax import export  # pylint: disable=import-outside-toplevel
+  from vreloc_jax import train  # pylint: disable=import-outside-toplevel
+  workdir, export_dir = os.path.join(tmp, "w"), os.path.join(tmp, "export")
+  train.train_and_evaluate(configure(config_file, arg, tmp), workdir)
+  export.export_model(workdir, "best", export_dir, platforms=("cpu",))
+  return fingerprint(workdir, export_dir, tmp)
 
 
 def environment() -> dict[str, str]:

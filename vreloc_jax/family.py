@@ -14,6 +14,7 @@ the family of a configuration; nothing else names a model. Two kinds:
 
 from __future__ import annotations
 
+import abc
 import functools
 from typing import Any
 
@@ -37,11 +38,11 @@ def coattention_form(config: ml_collections.ConfigDict) -> str:
   return config.loss.get("coattention_form", "paper")
 
 
-class Family:
+class Family(abc.ABC):
   """A model family: a configuration's module, its loss and its prediction.
 
-  Subclasses set `name`, `module_class` and the class attributes below, and define
-  `loss` and `predict`.
+  Subclasses set `name`, `title`, `module_class` (and the class attributes below where
+  they differ) and define `loss` and `predict`.
 
   Attributes:
     config: the run's configuration.
@@ -87,11 +88,12 @@ class Family:
                              batch["reference"], batch["reference_mask"], deterministic=False,
                              rngs={"dropout": dropout_rng})
 
+  @abc.abstractmethod
   def loss(self, outputs: dict[str, jax.Array], batch: Batch, step: jax.Array
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The training loss of a batch's outputs at ``step``, and its terms by metric name."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def predict(self, outputs: dict[str, jax.Array], batch: Batch) -> dict[str, jax.Array]:
     """The prediction of each reference.
 
@@ -100,7 +102,6 @@ class Family:
       confidence in it, in [0, 1], float32 [batch]; ``probs``: float32 [batch, len_ref, 4]
       (start, end, inside, outside); ``attention``: float32 [batch, len_ref, heads].
     """
-    raise NotImplementedError
 
 
 def predict_segments(outputs: dict[str, jax.Array], batch: Batch,

@@ -1,3 +1,6 @@
-"""The comparators of the paper's Table 4, in the same harness: `cgbm` (Feng et al.'s own
-model), `sst` (query-agnostic proposals), `video_level` (Feng et al.'s baseline); the
-candidate grid the last two score, their family and their `losses`."""
+"""The comparators of the paper's Table 4, in the same harness as the paper's model.
+
+`cgbm` (Feng et al.'s own model; `tf_lstm`, the TF1 LSTM cell it uses), `sst`
+(query-agnostic proposals), `video_level` (Feng et al.'s baseline); `candidates`, the
+grid the last two score and their family; `losses`, their losses.
+"""

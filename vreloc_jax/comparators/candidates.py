@@ -13,6 +13,7 @@ The grid functions are vectorized `jnp` and work under jit for any padded length
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import jax
@@ -139,13 +140,13 @@ class CandidateScoring(family.Family):
                              batch["reference"], batch["reference_mask"], deterministic=False,
                              rngs={"dropout": dropout_rng}, segment=batch["segment"])
 
+  @abc.abstractmethod
   def candidate_loss(self, outputs: dict[str, jax.Array], batch: family.Batch) -> jax.Array:
     """The model's own training loss (scalar)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def confidence(self, best: jax.Array) -> jax.Array:
     """The score of each predicted candidate, float [batch], as a confidence in [0, 1]."""
-    raise NotImplementedError
 
   def loss(self, outputs: dict[str, jax.Array], batch: family.Batch, step: jax.Array
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
