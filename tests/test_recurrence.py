@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.relocalizer.recurrence: the cuDNN path's packing, lengths and masking, on CPU.
+"""Tests of vreloc_jax.relocalizer.recurrence: the cuDNN path's packing, lengths, masking (CPU).
 
 cuDNN itself cannot run here: its code path runs with `recurrence.reference_kernel`
 (jax's ``rnn.lstm_ref``, the pure-JAX reference of the same kernel and the same flat

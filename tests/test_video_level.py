@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.comparators.video_level, Feng et al.'s video-level baseline (tiny sizes, CPU).
+"""Tests of vreloc_jax.comparators.video_level, Feng et al.'s baseline (tiny sizes, CPU).
 
 As in test_cgbm.py, compilation dominates: one batch holds a zero-padded and a
 garbage-padded copy (NaN and large values) of every example, checked against an
