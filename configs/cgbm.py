@@ -35,7 +35,7 @@ QUICK_SIZES = dict(aggregation_dim=16, attention_dim=16, matching_dim=16, locali
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: ``recordings[=SOURCE]``, ``quick`` (`configs.comparator`)."""
-  config = comparator.get_config("cgbm", cgbm.cgbm_config(), arg, QUICK_SIZES)
+  config = comparator.make_config("cgbm", cgbm.cgbm_config(), arg, QUICK_SIZES)
   config.eval.search_form = "benchmark"  # Their start/end search (`match.py`).
   config.eval.max_length = 64
   return config

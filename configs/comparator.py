@@ -19,8 +19,8 @@ from configs import default
 ARGUMENTS = dict(recordings=default.RECORDINGS, quick=False)
 
 
-def get_config(name: str, model: ml_collections.ConfigDict, arg: str | None,
-               quick_sizes: dict[str, int]) -> ml_collections.ConfigDict:
+def make_config(name: str, model: ml_collections.ConfigDict, arg: str | None,
+                quick_sizes: dict[str, int]) -> ml_collections.ConfigDict:
   """The configuration of comparator ``name`` (``model_name``) with its ``model`` section.
 
   Args:

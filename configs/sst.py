@@ -37,7 +37,7 @@ QUICK_SIZES = dict(hidden_dim=16)  # The model's sizes in a ``quick`` run.
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: ``recordings[=SOURCE]``, ``quick`` (`configs.comparator`)."""
-  config = comparator.get_config("sst", sst.sst_config(), arg, QUICK_SIZES)
+  config = comparator.make_config("sst", sst.sst_config(), arg, QUICK_SIZES)
   config.loss.positive_iou = 0.5  # Candidates above this IoU with the ground truth are positives.
   config.eval.plot_pairs = 0  # No per-step probabilities to draw.
   return config

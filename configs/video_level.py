@@ -38,7 +38,8 @@ QUICK_SIZES = dict(embed_dim=16, hidden_dim=16)  # The model's sizes in a ``quic
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: ``recordings[=SOURCE]``, ``quick`` (`configs.comparator`)."""
-  config = comparator.get_config("video_level", video_level.video_level_config(), arg, QUICK_SIZES)
+  config = comparator.make_config("video_level", video_level.video_level_config(), arg,
+                                  QUICK_SIZES)
   config.loss.triplet_margin = 0.2  # Margin on squared distances of unit vectors.
   config.loss.negative_iou = 0.5  # Candidates below this IoU with the ground truth are negatives.
   config.eval.plot_pairs = 0  # No per-step probabilities to draw.

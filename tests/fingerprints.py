@@ -1,10 +1,13 @@
 """Fingerprints of what the code computes, to show that a change of structure is numerically inert.
 
-  python tests/fingerprints.py --write=FILE [--code=DIR]   # record (DIR: another checkout)
+  python tests/fingerprints.py --write=FILE [--code=DIR] [--recorded_by=WHAT]  # record
   python tests/fingerprints.py --check=FILE                # compare; exit status 1 if any differs
 
-Two kinds of record, both compared exactly (`tests/test_inertness.py` compares the code
-with `tests/fingerprints_e23e37d.json`, recorded by the code of commit e23e37d):
+Two kinds of record, both compared exactly by `tests/test_inertness.py` (and, for the
+comparators, tests/test_candidates.py) with `RECORD`, tests/fingerprints.json: recorded by
+the code of commit e23e37d, so that issue 20's restructuring is shown to change no
+number. A change that means to change numbers records them again (``--write``) and says
+so in its commit:
 
 * ``configs``: the configuration every command-line form builds (`CONFIG_FORMS`): the
   SHA-256 of its fields in order, with the type of every leaf; a form that raised
@@ -62,8 +65,8 @@ _COMPARATOR_FORMS = [None, "quick", "recordings", "recordings=shoulder_exercises
 CONFIG_FORMS = ([("weak", f) for f in _PAPER_FORMS] + [("full", f) for f in _PAPER_FORMS]
                 + [(c, f) for c in ("cgbm", "sst", "video_level") for f in _COMPARATOR_FORMS])
 
-# The record of the code of commit e23e37d (before issue 20).
-RECORD = pathlib.Path(__file__).with_name("fingerprints_e23e37d.json")
+# The record the tests compare with (its "recorded_by" says which code wrote it).
+RECORD = pathlib.Path(__file__).with_name("fingerprints.json")
 # (name, config file, argument) of the runs.
 RUNS = [("weak", "weak", "quick"), ("weak_windows_both", "weak", "quick,windows=both"),
         ("full", "full", "quick"), ("cgbm", "cgbm", "quick"), ("sst", "sst", "quick"),
@@ -233,7 +236,8 @@ def environment() -> dict[str, str]:
 
 def fingerprints(runs: list[str] | None = None) -> dict[str, Any]:
   """Every record (`configs` and the `runs` named, all by default)."""
-  record = {"environment": environment(), "configs": config_fingerprints(), "runs": {}}
+  record = {"recorded_by": "", "environment": environment(), "configs": config_fingerprints(),
+            "runs": {}}
   for name, config_file, arg in RUNS:
     if runs is None or name in runs:
       with tempfile.TemporaryDirectory(prefix=f"fingerprint-{name}-") as tmp:
@@ -260,11 +264,13 @@ def main() -> None:
   parser.add_argument("--check", help="Compare with the fingerprints of this JSON file.")
   parser.add_argument("--code", help="The checkout whose vreloc_jax and configs to run.")
   parser.add_argument("--runs", help="Comma-separated names of the runs (default: all).")
+  parser.add_argument("--recorded_by", default="", help="With --write: which code, and why.")
   args = parser.parse_args()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if args.code:  # Before this checkout: its vreloc_jax and configs are the ones run.
     sys.path.insert(0, os.path.abspath(args.code))
   record = fingerprints(args.runs.split(",") if args.runs else None)
+  record["recorded_by"] = args.recorded_by
   if args.write:
     with open(args.write, "w", encoding="utf-8") as f:
       json.dump(record, f, indent=1)
@@ -273,9 +279,11 @@ def main() -> None:
     with open(args.check, encoding="utf-8") as f:
       expected = json.load(f)
     expected.pop("environment")
+    expected.pop("recorded_by", None)
     if args.runs:
       expected["runs"] = {k: v for k, v in expected["runs"].items() if k in record["runs"]}
-    diff = differences(expected, {k: v for k, v in record.items() if k != "environment"})
+    diff = differences(expected, {k: v for k, v in record.items()
+                                  if k not in ("environment", "recorded_by")})
     print("\n".join(diff) or "identical")
     sys.exit(1 if diff else 0)
 

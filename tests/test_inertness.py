@@ -1,11 +1,11 @@
-"""The code computes what commit e23e37d computed, bit for bit (`tests/fingerprints.py`).
+"""The code computes what the recorded code computed, bit for bit (`tests/fingerprints.py`).
 
 Issue 20 restructured the project without changing a number: the configurations of every
 command-line form, and for the weak, full and each comparator's quick configuration the
 parameters after a few steps, the metrics, every results file and the exported model's
-outputs, are those recorded by the code before it (`fingerprints_e23e37d.json`). The
+outputs, are those the code of commit e23e37d recorded (tests/fingerprints.json). The
 comparators' runs are the ones tests/test_candidates.py trains in the harness anyway,
-and are compared there.
+and are compared there. A change meant to change numbers records them again.
 """
 
 from __future__ import annotations

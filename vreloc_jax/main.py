@@ -46,6 +46,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:  # A bad value, a missing required flag, an unknown flag, a config
     raise cli.error(PROGRAM, e) from None  # file that raised (its last line, `cli.one_line`).
   except (AttributeError, KeyError) as e:  # ml_collections, for --config.<unknown>=…
+    if "get_config" in str(e):  # A helper module of configs/, not a configuration.
+      raise cli.error(PROGRAM, "the --config file has no get_config(): it is not a "
+                      "configuration (configs/weak.py, full.py, cgbm.py, sst.py and "
+                      "video_level.py are)") from None
     field = next((a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")
                   and not _config_has(a.split("=", 1)[0][len("--config."):])), None)
     raise cli.error(PROGRAM, f"unknown config field {field or e} (see the configs/*.py file "
