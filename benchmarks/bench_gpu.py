@@ -4,7 +4,7 @@
     [--len_ref=300] [--len_query=32] [--implementations=scan,cudnn] [--steps=20] \
     [--peak_tflops=X] [--json=FILE]
 
-For each LSTM implementation (``model.lstm_implementation``, `vreloc_jax.recurrence`;
+For each LSTM implementation (``model.lstm_implementation``, `vreloc_jax.relocalizer.recurrence`;
 "cudnn" only where the default backend is CUDA, else skipped with a note) and each batch
 size, on the first device only: the project's jit-compiled ``train.train_step`` (fwd +
 bwd + Adam, through ``train.Runner``) and ``train.eval_step`` at one (query, reference)
@@ -50,7 +50,8 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.flops import PEAKS, matmul_gflops, model_flops  # noqa: E402
-from vreloc_jax import recurrence, sharding, train  # noqa: E402
+from vreloc_jax import sharding, train  # noqa: E402
+from vreloc_jax.relocalizer import recurrence  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", str(REPO / "configs" / "full.py"),

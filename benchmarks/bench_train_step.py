@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks.flops import matmul_gflops, model_flops  # noqa: E402
-from vreloc_jax import sharding, train  # noqa: E402
+from vreloc_jax import configuration, sharding, train  # noqa: E402
 
 # The peer's script, beside the repository: <repo>/../shared/bench/torch_peer.py.
 DEFAULT_PEER_SCRIPT = REPO.parent / "shared" / "bench" / "torch_peer.py"
@@ -143,7 +143,7 @@ class _Ours:
     self.len_query = len_query
     self.dim = dim
     self.mesh = sharding.make_mesh()
-    sharding.check_batch_size(batch_size, self.mesh)
+    configuration.check_batch_size(batch_size, "batch size", self.mesh.size)
     self.runner = train.Runner(config, self.mesh, dim)
     self.state = self.runner.init(jax.random.key(0))
     self.rng_data = sharding.replicate(jax.random.key_data(jax.random.key(1)), self.mesh)

@@ -1,7 +1,7 @@
 """The benchmark authors' model: Cross Gated Bilinear Matching (Feng et al., ECCV 2018).
 
 Fully supervised, with the settings of their public code (fengyang0317/video_reloc,
-``match.py``; `vreloc_jax.cgbm` records what it says): the weighted
+``match.py``; `vreloc_jax.comparators.cgbm` records what it says): the weighted
 cross-entropy only (no co-attention loss), batch 128, Adam at a constant
 learning rate of 1e-3, gradients clipped to global norm 5, 1000 steps, a
 checkpoint and a val evaluation every 100 steps, the best val checkpoint tested
@@ -24,11 +24,18 @@ attention, gates and bilinear layers are shared by the two matching directions
 (our reading of their TF1 variable scopes; ``model.share_matching``).
 """
 
-from configs import default
+import ml_collections
+
+from configs import comparator
+from vreloc_jax.comparators import cgbm
+
+# The model's sizes in a ``quick`` run.
+QUICK_SIZES = dict(aggregation_dim=16, attention_dim=16, matching_dim=16, localization_dim=16)
 
 
-def get_config(arg: str | None = None):
-  config = default.for_comparator("cgbm", arg)  # Their loss: the weighted cross-entropy alone.
-  config.eval.search_form = "benchmark"
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """``arg``: ``recordings[=SOURCE]``, ``quick`` (`configs.comparator`)."""
+  config = comparator.make_config("cgbm", cgbm.cgbm_config(), arg, QUICK_SIZES)
+  config.eval.search_form = "benchmark"  # Their start/end search (`match.py`).
   config.eval.max_length = 64
   return config

@@ -12,7 +12,8 @@ recordings with ``:recordings``):
   python -m vreloc_jax.main --config=configs/full.py --workdir=/tmp/full
   python -m vreloc_jax.main --config=configs/full.py:recordings --workdir=/tmp/full-jv
 
-``configs/full.py:...`` takes the same arguments as ``configs/weak.py``;
+``configs/full.py:...`` takes the same arguments as ``configs/weak.py``
+(`configs.relocalizer`);
 set ``--config.loss.coattention_weight=0`` for the loss_w-only row.
 
 Expected result (test split, top-1 mAP avg over IoU 0.5…0.9): see the
@@ -34,8 +35,18 @@ frame-level similarity to the query) measured 80.3 on the real recordings,
 within one seed's noise of the paper's model, so it is not the default.
 """
 
+import ml_collections
+
 from configs import default
+from configs import relocalizer
 
 
-def get_config(arg: str | None = None):
-  return default.for_supervision("full", arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Full supervision; ``arg``: the paper's model's arguments (`configs.relocalizer`)."""
+  args = relocalizer.parse_arg(arg)
+  config = default.get_config()
+  config.supervision = "full"  # loss_w + loss_c: the references' segments are read.
+  config.loss.cross_entropy_weight = 1.0
+  config.loss.coattention_weight = 1.0
+  config.eval.inference = "full"  # The start/end search.
+  return relocalizer.apply(config, args)

@@ -2,15 +2,15 @@
 
 SST proposes action segments without looking at the query: a GRU reads the
 reference once and scores, at every step, the K candidate segments ending there
-(`vreloc_jax.sst`); the best-scoring proposal is the prediction. Its row measures
+(`vreloc_jax.comparators.sst`); the best-scoring proposal is the prediction. Its row measures
 how much of the benchmark an "is there an action here?" detector solves without
 knowing which action is asked for (the paper: 17.1 average top-1 mAP on
 ActivityNet, against 28.2 for its full model).
 
 Trained with SST's weighted binary cross-entropy over candidates
-(`vreloc_jax.losses.proposal_cross_entropy`: positive above IoU 0.5), in the
+(`vreloc_jax.comparators.losses.proposal_cross_entropy`: positive above IoU 0.5), in the
 same harness and with the same settings as every comparator
-(`configs.default.for_comparator`: batch 128, Adam 1e-3 constant, clipping 5,
+(`configs.comparator`: batch 128, Adam 1e-3 constant, clipping 5,
 1000 steps, val every 100, best val checkpoint tested).
 
 Commands (synthetic default; the real recordings with ``:recordings``):
@@ -24,14 +24,20 @@ Expected result (test split, top-1 mAP avg over IoU 0.5…0.9): README.md
 Choices the paper leaves open for this task, made here: K = 32 candidate
 lengths (the benchmark's segments are 1-32 features); no non-maximum
 suppression (only the top proposal is used); the loss's class weights are
-counted per batch. The model's own choices: `vreloc_jax.sst`.
+counted per batch. The model's own choices: `vreloc_jax.comparators.sst`.
 """
 
-from configs import default
+import ml_collections
+
+from configs import comparator
+from vreloc_jax.comparators import sst
+
+QUICK_SIZES = dict(hidden_dim=16)  # The model's sizes in a ``quick`` run.
 
 
-def get_config(arg: str | None = None):
-  config = default.for_comparator("sst", arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """``arg``: ``recordings[=SOURCE]``, ``quick`` (`configs.comparator`)."""
+  config = comparator.make_config("sst", sst.sst_config(), arg, QUICK_SIZES)
   config.loss.positive_iou = 0.5  # Candidates above this IoU with the ground truth are positives.
   config.eval.plot_pairs = 0  # No per-step probabilities to draw.
   return config

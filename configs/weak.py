@@ -77,8 +77,22 @@ Decided here, with the evidence (README.md, "Results", has the curves):
   feature-mapping convolution: kernel 3 (not given in the paper).
 """
 
+import ml_collections
+
 from configs import default
+from configs import relocalizer
 
 
-def get_config(arg: str | None = None):
-  return default.for_supervision("weak", arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Weak supervision; ``arg``: the paper's model's arguments (`configs.relocalizer`)."""
+  args = relocalizer.parse_arg(arg)
+  config = default.get_config()
+  config.supervision = "weak"  # The co-attention loss only: no reference annotation is read.
+  config.loss.cross_entropy_weight = 0.0
+  config.loss.coattention_weight = 1.0
+  # The paper's schedule: 100 steps without the masks, 100 with them (lr 1e-3), val every 25.
+  config.train.num_steps = 200
+  config.train.eval_every = 25
+  config.eval.inference = "query_length"  # The paper's rule is "weak"; why not: above.
+  config.eval.select = "min_loss_c"  # The tested checkpoint is chosen without annotations.
+  return relocalizer.apply(config, args)

@@ -6,7 +6,7 @@
 #
 # Run from the repository root with the virtual environment activated. The processes find each
 # other through this project's VRELOC_COORDINATOR / VRELOC_NUM_PROCESSES / VRELOC_PROCESS_ID,
-# which vreloc_jax.sharding.initialize_distributed() reads before any cluster's variables, so
+# which vreloc_jax.distributed.initialize_distributed() reads before any cluster's variables, so
 # this also works inside a SLURM allocation or a pod. The coordinator port is random unless
 # VRELOC_PORT is set. Ctrl-C (or SIGTERM) is passed on to every process; the script exits with
 # the last non-zero status of its processes (75: stopped after a checkpoint, rerun to resume).

@@ -18,13 +18,13 @@
 #     for it with printf %q, so paths and flags with spaces or quotes arrive unchanged.
 #
 # How the workers find each other: nothing is set here. On each worker,
-# vreloc_jax.sharding.initialize_distributed() asks the VM's metadata server how many workers
+# vreloc_jax.distributed.initialize_distributed() asks the VM's metadata server how many workers
 # the slice has (where jax.distributed.initialize() itself looks on a TPU VM); with more than
 # one it calls jax.distributed.initialize(), which reads the worker list and this worker's
 # number from the same place. On a single-worker TPU VM it joins nothing.
 #
 # Preemption: this script does not restart anything. A run that stops on SIGTERM after saving
-# a checkpoint exits with status 75 (PREEMPTED_EXIT_CODE in vreloc_jax/sharding.py); when the
+# a checkpoint exits with status 75 (PREEMPTED_EXIT_CODE in vreloc_jax/preemption.py); when the
 # slice is back (Spot and preemptible TPU VMs must be recreated, e.g. by a queued resource),
 # run the same command again and training resumes from the checkpoint in WORKDIR. The run
 # lasts as long as this ssh session: start it from a machine that stays up (e.g. in tmux).

@@ -87,17 +87,17 @@ def test_predict_random_and_prior_edge_cases():
 def test_stat_prior_uses_the_training_split(bench):
   entries = {s: splits_lib.load_split(bench.split_files[s]) for s in splits_lib.SPLITS}
   pairs = pairs_lib.eval_pairs(entries["val"])
-  results = baselines.evaluate_baseline("stat_prior", entries, pairs, split="val")
+  results = baselines.score_baseline("stat_prior", entries, pairs, split="val")
   expected = baselines.training_prior(entries["train"])
   assert results["prior"] == list(expected)
   assert expected == pytest.approx(
       (np.mean([e.segment[0] / e.window_length for e in entries["train"]]),
        np.mean([e.segment[1] / e.window_length for e in entries["train"]])))
   with pytest.raises(ValueError, match="training"):
-    baselines.evaluate_baseline("stat_prior", {"val": entries["val"]}, pairs, split="val")
+    baselines.score_baseline("stat_prior", {"val": entries["val"]}, pairs, split="val")
 
 
-def test_evaluate_baseline_with_a_store(bench, layout):
+def test_score_baseline_with_a_store(bench, layout):
   """The call the training code makes: entries by split, the pairs, a FeatureStore."""
   entries = {s: splits_lib.load_split(bench.split_files[s]) for s in splits_lib.SPLITS}
   pairs = pairs_lib.eval_pairs(entries["test"])
@@ -107,9 +107,9 @@ def test_evaluate_baseline_with_a_store(bench, layout):
       predicted, _ = baselines.predict(method, entries, pairs, store)
       _check_predictions(predicted, pairs)
     with pytest.raises(ValueError, match="needs features"):
-      baselines.evaluate_baseline("frame_level", entries, pairs, None, split="test")
+      baselines.score_baseline("frame_level", entries, pairs, None, split="test")
     with pytest.raises(ValueError, match="unknown method"):
-      baselines.evaluate_baseline("oracle", entries, pairs, store, split="test")
+      baselines.score_baseline("oracle", entries, pairs, store, split="test")
   finally:
     store.close()
 

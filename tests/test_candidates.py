@@ -1,4 +1,4 @@
-"""Tests of the candidate grid (vreloc_jax.candidates), its two losses, and every
+"""Tests of the candidate grid (vreloc_jax.comparators.candidates), its two losses, and every
 comparator (CGBM, SST, the video-level baseline) in the project's harness.
 
 Grid functions and losses are checked against brute-force loops over segments.
@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vreloc_jax import candidates
-from vreloc_jax import losses
+from vreloc_jax.comparators import candidates
+from vreloc_jax.comparators import losses
 
 LEN_REF, K = 7, 3
 LENGTHS = np.array([7, 5, 1, 0])  # the last reference has no valid step (a filler)
@@ -118,48 +118,48 @@ def test_triplet_loss_of_the_hardest_negative_matches_a_loop_and_ignores_fillers
 
 @pytest.mark.parametrize("name", ["cgbm", "sst", "video_level"])
 def test_comparator_trains_evaluates_and_exports_in_the_harness(name, tmp_path):
-  """configs/<name>.py through train_and_evaluate (the same loop as the paper's model), then
-  its export evaluated like the checkpoint."""
-  import importlib
-
-  from tests.conftest import make_benchmark
+  """configs/<name>.py:quick through train_and_evaluate (the same loop as the paper's model),
+  then its export evaluated like the checkpoint; what it computes is what commit e23e37d
+  computed (the quick run of `tests.fingerprints`, as tests/test_inertness.py for the
+  paper's model)."""
+  from tests import fingerprints
+  from vreloc_jax import evaluation
   from vreloc_jax import export
+  from vreloc_jax import exported as exported_lib
+  from vreloc_jax import models
   from vreloc_jax import train
 
-  config = importlib.import_module(f"configs.{name}").get_config("quick")
+  config = fingerprints.configure(name, "quick", str(tmp_path))
   assert config.model_name == name and config.loss.coattention_weight == 0.0
-  config.data.dir = make_benchmark(tmp_path / "bench", seed=2).root
-  config.data.query_buckets = (16,)
-  config.data.reference_buckets = (32,)
-  config.train.batch_size = config.eval.batch_size = 8
-  config.train.num_steps, config.train.eval_every = 2, 2
-  workdir = tmp_path / "w"
+  workdir, out = tmp_path / "w", tmp_path / "export"
   results = train.train_and_evaluate(config, str(workdir))
   assert results["variant"] == name and 0.0 <= results["mAP_avg"] <= 100.0
   metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-  loss_name = train.CANDIDATE_LOSSES[name][0] if name in train.CANDIDATE_LOSSES else "loss_w"
+  loss_name = getattr(models.FAMILIES[name], "loss_name", "loss_w")
   assert any(loss_name in m for m in metrics) and not any("loss_c" in m for m in metrics)
   # Per-step figures for models with per-step probabilities only.
-  assert (workdir / "plots" / "step2").is_dir() == (name == "cgbm")
-  out = tmp_path / "export"
+  assert (workdir / "plots" / "step3").is_dir() == (name == "cgbm")
   export.export_model(str(workdir), "best", str(out), platforms=("cpu",))
-  exported = export.evaluate_export(str(out), "test")
+  exported = evaluation.score_export(str(out), "test")
   assert exported["mAP_avg"] == results["mAP_avg"]
   # Its confidence in each prediction is in [0, 1] (localize ranks windows by it).
-  from vreloc_jax import exported as exported_lib
   model = exported_lib.load(str(out))
   rng = np.random.default_rng(0)
   predicted = model.predict(rng.normal(size=(3, 5, model.feature_dim)), [5, 2, 4],
                             rng.normal(size=(3, 20, model.feature_dim)), [20, 9, 14])
   assert predicted["score"].shape == (3,) and np.all((0 <= predicted["score"])
                                                       & (predicted["score"] <= 1))
+  recorded = json.loads(fingerprints.RECORD.read_text())
+  if fingerprints.environment() == recorded["environment"]:  # Else bits may differ (XLA:CPU).
+    got = fingerprints.fingerprint(str(workdir), str(out), str(tmp_path))
+    assert fingerprints.differences(recorded["runs"][name], got) == []
 
 
 def test_comparators_refuse_weak_supervision():
   from configs import sst as sst_config_file
-  from vreloc_jax import train
+  from vreloc_jax import configuration
 
   config = sst_config_file.get_config("quick")
   config.supervision = "weak"
-  with pytest.raises(ValueError, match="full supervision"):
-    train.create_model(config)
+  with pytest.raises(ValueError, match="sst trains with full supervision"):
+    configuration.validate(config)

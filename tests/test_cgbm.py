@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.cgbm, the benchmark authors' CGBM model (tiny dimensions, CPU).
+"""Tests of vreloc_jax.comparators.cgbm, the benchmark authors' CGBM model (tiny dimensions, CPU).
 
 As in test_model.py, compilation dominates: the padding checks put a zero-padded and
 a garbage-padded copy (NaN and large values, plus extra padding) of every example in
@@ -20,7 +20,8 @@ from tests.test_model import batch_variants
 from tests.test_model import applied
 from tests.test_model import random_params
 from tests.test_model import sequences
-from vreloc_jax import cgbm
+from vreloc_jax.comparators import cgbm
+from vreloc_jax.comparators import tf_lstm
 from vreloc_jax import losses
 
 D = 6  # input feature dimension of the tiny tests
@@ -136,7 +137,7 @@ def np_cgbm(params, cfg, query, reference):
 
 
 def test_basic_lstm_cell_is_tf_basic_lstm():
-  cell = cgbm.BasicLSTMCell(features=3)
+  cell = tf_lstm.BasicLSTMCell(features=3)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 4)).astype(np.float32)
   carry = cell.initialize_carry(jax.random.key(0), x.shape)

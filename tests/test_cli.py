@@ -28,6 +28,8 @@ def _main(*args: str) -> subprocess.CompletedProcess:
     (("--config=configs/none.py", "--workdir=/tmp/x"),
      "cannot load the --config file: [Errno 2] No such file or directory: 'configs/none.py'"),
     (("--config=configs/weak.py:quick",), "Flag --workdir must have a value"),
+    (("--config=configs/comparator.py", "--workdir=/tmp/x"),
+     "the --config file has no get_config(): it is not a configuration"),
 ])
 def test_bad_command_lines(args, message):
   result = _main(*args)

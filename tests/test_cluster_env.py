@@ -20,7 +20,8 @@ import jax
 import pytest
 import yaml
 
-from vreloc_jax import sharding
+from vreloc_jax import distributed
+from vreloc_jax import preemption
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
@@ -74,12 +75,12 @@ CLUSTER_PREFIXES = ("SLURM_", "VRELOC_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES",
     pytest.param({"MEGASCALE_NUM_SLICES": "2"}, "tpu", id="tpu-multislice"),
 ])
 def test_detection(environ, expected):
-  assert sharding.cluster_from_environment(environ) == expected
+  assert distributed.cluster_from_environment(environ) == expected
 
 
 @pytest.mark.parametrize("tpu_workers, expected", [(None, None), (1, None), (4, "tpu")])
 def test_detection_of_a_tpu_vm_slice_from_its_metadata(tpu_workers, expected):
-  assert sharding.cluster_from_environment({}, tpu_workers=tpu_workers) == expected
+  assert distributed.cluster_from_environment({}, tpu_workers=tpu_workers) == expected
 
 
 def test_stricter_than_jax_under_slurm(monkeypatch):
@@ -90,7 +91,7 @@ def test_stricter_than_jax_under_slurm(monkeypatch):
   for name, value in SALLOC_STEP.items():
     monkeypatch.setenv(name, value)
   assert SlurmCluster.is_env_present()  # jax alone would start a one-process "job" here.
-  assert sharding.cluster_from_environment(os.environ) is None
+  assert distributed.cluster_from_environment(os.environ) is None
 
 
 @pytest.mark.parametrize("environ, message", [
@@ -105,7 +106,7 @@ def test_stricter_than_jax_under_slurm(monkeypatch):
 ])
 def test_inconsistent_variables_are_named(environ, message):
   with pytest.raises(ValueError, match=message):
-    sharding.cluster_from_environment(environ)
+    distributed.cluster_from_environment(environ)
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -115,12 +116,12 @@ def test_inconsistent_variables_are_named(environ, message):
     ({"CUDA_VISIBLE_DEVICES": "5", "JAX_LOCAL_DEVICE_IDS": "0"}, None),  # jax reads it itself
 ])
 def test_slurm_gpu_of_each_task(extra, expected):
-  assert sharding._slurm_local_device_ids({**SRUN_STEP, **extra}) == expected
+  assert distributed._slurm_local_device_ids({**SRUN_STEP, **extra}) == expected
 
 
 def test_slurm_more_tasks_than_gpus_is_refused():
   with pytest.raises(ValueError, match="task 3 of its node sees only 2 GPUs"):
-    sharding._slurm_local_device_ids({**SRUN_STEP, "SLURM_LOCALID": "3",
+    distributed._slurm_local_device_ids({**SRUN_STEP, "SLURM_LOCALID": "3",
                                       "CUDA_VISIBLE_DEVICES": "0,1"})
 
 
@@ -154,7 +155,7 @@ def test_a_failed_join_is_one_actionable_error(monkeypatch, environ, expected_kw
 
   monkeypatch.setattr(jax.distributed, "initialize", initialize)
   with pytest.raises(ValueError) as raised:
-    sharding.initialize_distributed()
+    distributed.initialize_distributed()
   assert calls == [expected_kwargs]
   message = str(raised.value)
   assert "\n" not in message
@@ -178,7 +179,7 @@ def test_a_busy_coordinator_port_is_reported_before_jax_crashes_on_it(monkeypatc
     monkeypatch.setattr(jax.distributed, "initialize", lambda **_: pytest.fail("called jax"))
     with pytest.raises(ValueError, match=f"port {port}, where this process .* is already in use"
                        f".* {message}"):
-      sharding.initialize_distributed()
+      distributed.initialize_distributed()
 
 
 def test_a_malformed_coordinator_address_is_refused(monkeypatch):
@@ -187,14 +188,14 @@ def test_a_malformed_coordinator_address_is_refused(monkeypatch):
   monkeypatch.setattr(jax.distributed, "initialize", lambda **_: pytest.fail("called jax"))
   with pytest.raises(ValueError, match="cannot join the jax_env multi-process job: "
                      "JAX_COORDINATOR_ADDRESS='127.0.0.1:notaport' is not host:port"):
-    sharding.initialize_distributed()
+    distributed.initialize_distributed()
 
 
 def test_a_single_process_never_calls_jax_distributed(monkeypatch):
   for environ in ({}, {"SLURM_JOB_ID": "123"}, SALLOC_STEP):
     _fake_cluster_env(monkeypatch, environ)
     monkeypatch.setattr(jax.distributed, "initialize", lambda **_: pytest.fail("joined"))
-    sharding.initialize_distributed()
+    distributed.initialize_distributed()
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -202,7 +203,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
   return {**env, "JAX_PLATFORMS": "cpu", **extra}
 
 
-PROBE = ("from vreloc_jax import sharding; sharding.start_process(); import jax; "
+PROBE = ("from vreloc_jax import distributed; distributed.start_process(); import jax; "
          "print(jax.process_count(), jax.process_index(), jax.distributed.is_initialized())")
 
 
@@ -265,12 +266,12 @@ def test_sbatch_asks_for_one_task_per_gpu_a_warning_signal_and_requeue():
   assert options["ntasks-per-node"] == options["gpus-per-node"]
   assert "gpus-per-task" not in options  # Every task sees its node's GPUs (jax's assumption).
   assert options["signal"] == "TERM@120" and "requeue" in options
-  assert f"PREEMPTED_EXIT_CODE={sharding.PREEMPTED_EXIT_CODE}" in (
+  assert f"PREEMPTED_EXIT_CODE={preemption.PREEMPTED_EXIT_CODE}" in (
       LAUNCH / "slurm_gpu.sbatch").read_text()
 
 
 @pytest.mark.parametrize("srun_status, restarts, requeued", [
-    (sharding.PREEMPTED_EXIT_CODE, "0", True), (sharding.PREEMPTED_EXIT_CODE, "20", False),
+    (preemption.PREEMPTED_EXIT_CODE, "0", True), (preemption.PREEMPTED_EXIT_CODE, "20", False),
     (0, "0", False), (1, "0", False)])
 def test_sbatch_requeues_only_a_preempted_run(tmp_path, srun_status, restarts, requeued):
   bin_dir = tmp_path / "bin"
@@ -334,7 +335,7 @@ def test_local_multiprocess_starts_n_explicit_processes(tmp_path):
                         env={**_clean_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}",
                              "VRELOC_PORT": "23456"},
                         capture_output=True, text=True, timeout=30, check=False)
-  assert done.returncode == sharding.PREEMPTED_EXIT_CODE, done.stderr
+  assert done.returncode == preemption.PREEMPTED_EXIT_CODE, done.stderr
   for i in range(3):
     assert (tmp_path / f"p{i}").read_text().split() == [
         "127.0.0.1:23456", "3", "cpu", "-m", "vreloc_jax.main", "--config=configs/weak.py",
@@ -361,7 +362,7 @@ def test_k8s_indexed_job_uses_jax_coordinator_variables():
   filled = {"JAX_COORDINATOR_ADDRESS": env["JAX_COORDINATOR_ADDRESS"]["value"],
             "JAX_NUM_PROCESSES": env["JAX_NUM_PROCESSES"]["value"], "JAX_PROCESS_ID": "1",
             "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
-  assert sharding.cluster_from_environment(filled) == "jax_env"
+  assert distributed.cluster_from_environment(filled) == "jax_env"
   exit_rule = next(r for r in spec["podFailurePolicy"]["rules"] if "onExitCodes" in r)
   assert exit_rule["action"] == "Ignore"
-  assert exit_rule["onExitCodes"]["values"] == [sharding.PREEMPTED_EXIT_CODE]
+  assert exit_rule["onExitCodes"]["values"] == [preemption.PREEMPTED_EXIT_CODE]

@@ -13,8 +13,8 @@ import pytest
 from configs import weak as weak_config
 from tests.conftest import make_benchmark
 from tests.test_train import tiny_config
-from vreloc_jax import compilation, train
-from vreloc_jax.data import batching
+from vreloc_jax import compilation, configuration, sharding, train
+from vreloc_jax.data import batching, benchmark
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_compiler_options():
   assert compilation.compiler_options(old, "cpu") is None
   config.compile.cpu_optimization_level = 4
   with pytest.raises(ValueError, match="cpu_optimization_level must be 0-3, got 4"):
-    compilation.compiler_options(config, "cpu")
+    configuration.validate(config)
 
 
 def _key(layout):
@@ -110,10 +110,10 @@ def _key(layout):
 def test_compile_plan_holds_every_batch_shape_of_the_run_in_order_of_use(data_dir, supervision):
   config = tiny_config(supervision, data_dir, num_steps=9, eval_every=4)
   config.data.reference_buckets = (16, 32)
-  bench = train.load_benchmark(config)
-  batches = train.make_train_batches(config, bench)
+  bench = benchmark.load_benchmark(config)
+  batches = benchmark.train_batches(config, bench)
   for first_step in (0, 5):
-    plan = train.compile_plan(config, bench, batches, first_step)
+    plan = compilation.compile_plan(config, bench, batches, first_step)
     keys = [(kind, _key(layout)) for kind, layout in plan]
     assert len(set(keys)) == len(keys)
     used_train = [_key({k: (v.shape, v.dtype.type) for k, v in batches.batch(s).items()})
@@ -140,18 +140,18 @@ def test_cpu_optimization_level_leaves_the_results_as_they_were(data_dir):
   """
   # Both levels passed as options: this test session's own default is 0 (conftest.py).
   config = tiny_config("weak", data_dir)
-  bench = train.load_benchmark(config)
+  bench = benchmark.load_benchmark(config)
   params = None
   outputs = []
   for level in (1, 3):
     config.compile.cpu_optimization_level = level
-    runner = train.Runner(config, train.sharding.make_mesh(), bench.feature_dim)
+    runner = train.Runner(config, sharding.make_mesh(), bench.feature_dim)
     if params is None:
       params = runner.init(jax.random.key(0))["params"]
     batch = next(batching.eval_batches(bench.pairs["val"], bench.store, config.eval.batch_size,
                                        config.data.query_buckets,
                                        config.data.reference_buckets))[1]
-    out = runner.eval_step(params, train.sharding.to_global(batch, runner.mesh))
+    out = runner.eval_step(params, sharding.to_global(batch, runner.mesh))
     outputs.append(jax.tree.map(np.asarray, out))
   level_1, level_3 = outputs
   for name in ("probs", "score", "loss_c", "attention"):

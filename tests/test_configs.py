@@ -26,3 +26,27 @@ def test_windows_argument_sets_the_objective_and_its_rule():
   assert weak.get_config(None).loss.coattention_form == "paper"
   both = weak.get_config("recordings,windows=both")
   assert both.loss.coattention_form == "both" and both.eval.inference == "windows"
+
+
+def test_arguments_are_declared_by_each_config_file_and_order_never_matters():
+  assert (weak.get_config("quick,recordings,base,alpha=0.5").to_dict()
+          == weak.get_config("alpha=0.5,base,recordings,quick").to_dict())
+  # An explicit inference rule wins over the one ``windows`` brings, in either order.
+  for arg in ("windows,inference=weak", "inference=weak,windows"):
+    config = weak.get_config(arg)
+    assert config.loss.coattention_form == "windows" and config.eval.inference == "weak"
+  with pytest.raises(ValueError, match="unknown config argument 'bogus'; expected one of base"):
+    weak.get_config("bogus")
+  with pytest.raises(ValueError, match="'alpha=0.5' and 'alpha=0.7' both set alpha"):
+    weak.get_config("alpha=0.5,alpha=0.7")
+  with pytest.raises(ValueError, match="'query_length' and 'inference=weak' both set inference"):
+    full.get_config("query_length,inference=weak")
+  with pytest.raises(ValueError, match=r"inference='bogus': expected one of weak, full"):
+    full.get_config("inference=bogus")
+  with pytest.raises(ValueError, match="config argument alpha needs a value: alpha=X"):
+    weak.get_config("alpha")
+  # The paper's model's arguments do not apply to a comparator.
+  for arg in ("base", "query_blind", "frame_similarity", "alpha=0.5", "windows"):
+    with pytest.raises(ValueError, match=f"unknown config argument '{arg}'; expected one of "
+                       r"recordings\[=SOURCE\], quick"):
+      cgbm.get_config(arg)

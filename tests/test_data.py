@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
+from vreloc_jax import buckets
 from vreloc_jax.data import batching, features, pairs, splits
 from vreloc_jax.data.splits import Entry
 from tests.conftest import REAL_DATA_DIR
@@ -781,10 +782,11 @@ def test_weak_sampler_and_batches_carry_no_segment(bench, layout):
 
 
 def test_bucket_for():
-  assert [batching.bucket_for(n, (4, 8, 16)) for n in (1, 4, 5, 8, 9, 16)] == [4, 4, 8, 8, 16, 16]
+  assert [buckets.bucket_for(n, (4, 8, 16)) for n in (1, 4, 5, 8, 9, 16)] == [4, 4, 8, 8, 16, 16]
+  assert buckets.bucket_for(5, (16, 4, 8)) == 8  # The smallest that holds it, in any order.
   with pytest.raises(ValueError, match="a reference of 17 steps is longer than the largest "
-                     "bucket 16"):
-    batching.bucket_for(17, (4, 8, 16), "reference")
+                     "reference bucket 16"):
+    buckets.bucket_for(17, (4, 8, 16), "reference")
 
 
 def test_local_slice():

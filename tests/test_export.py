@@ -19,9 +19,9 @@ import pytest
 
 from configs import full as full_config
 from tests.conftest import FEATURE_DIM, make_benchmark, subprocess_env
-from vreloc_jax import checkpoints, export, exported, sharding, train
+from vreloc_jax import buckets, checkpoints, evaluation, export, exported, sharding, train
 from vreloc_jax import workdir as workdir_lib
-from vreloc_jax.data import batching
+from vreloc_jax.data import batching, benchmark
 from vreloc_jax.data.pairs import example_from_pair
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -129,29 +129,30 @@ _LOADER_SCRIPT = textwrap.dedent("""
       for tag, o in (("padded", padded), ("cut", cut), ("noisy", noisy), ("run", direct)):
         for k, v in o.items():
           res[f"{name}_{tag}_{k}"] = v
-    loader_only = [m for m in ("flax", "vreloc_jax.model", "vreloc_jax.train", "orbax",
-                               "vreloc_jax.export") if m in sys.modules]
-    from vreloc_jax import export
+    model_code = ("flax", "orbax", "vreloc_jax.relocalizer", "vreloc_jax.comparators",
+                  "vreloc_jax.train", "vreloc_jax.export")
+    loader_only = [m for m in model_code if m in sys.modules]
+    from vreloc_jax import evaluation
     from vreloc_jax.data import features, pairs, splits
     split_file = splits.split_path(data_dir, "test")
     entries = splits.load_split(split_file)
     test_pairs, _ = pairs.load_eval_pairs(split_file, entries, "test")
     store = features.open_features(features.find_features(data_dir))
     store.preload(entries)
-    res["pairs_segments"], res["pairs_loss_c"] = export.predict_pairs(model, test_pairs, store)
+    predictions = evaluation.predict_export(model, test_pairs, store)
+    res["pairs_segments"], res["pairs_loss_c"] = predictions.segments, predictions.loss_c
     np.savez(result, **res)
-    export.evaluate_export(out, "test", output=result[:-4] + ".json", model=model)
+    evaluation.score_export(out, "test", output=result[:-4] + ".json", model=model)
     print(json.dumps({"after_loader": loader_only,
-                      "after_predict_pairs": [m for m in ("flax", "vreloc_jax.model")
-                                              if m in sys.modules]}))
+                      "after_predict_pairs": [m for m in model_code if m in sys.modules]}))
 """)
 
 
 def _batch(pairs, store, indices):
   """The evaluation's padded batch of some pairs (smallest buckets that hold them)."""
   examples = [example_from_pair(pairs[i]) for i in indices]
-  len_query = batching.bucket_for(max(ex.query_length for ex in examples), QUERY_BUCKETS)
-  len_ref = batching.bucket_for(max(ex.reference_length for ex in examples), REFERENCE_BUCKETS)
+  len_query = buckets.bucket_for(max(ex.query_length for ex in examples), QUERY_BUCKETS)
+  len_ref = buckets.bucket_for(max(ex.reference_length for ex in examples), REFERENCE_BUCKETS)
   return batching.make_batch(examples, store, len_query, len_ref)
 
 
@@ -162,7 +163,7 @@ def test_loader_alone_matches_eval_step(run, tmp_path):
   manager = checkpoints.manager(run.workdir, read_only=True)
   params = checkpoints.restore(manager, "best", runner.abstract_state())["params"]
   manager.close()
-  bench = train.load_benchmark(config, split_names=("test",))
+  bench = benchmark.load_benchmark(config, split_names=("test",))
   pairs = bench.pairs["test"]
   lengths = np.array([example_from_pair(p).reference_length for p in pairs])
   # Batches of eval.batch_size, the shapes the export checked (their programs are compiled).
@@ -172,9 +173,7 @@ def test_loader_alone_matches_eval_step(run, tmp_path):
   mixed = np.union1d(np.arange(7), [np.argmax(lengths)])  # Bucket 32, above max_length.
   groups = {"long": mixed, "short": short}
   inputs, expected = {}, {}
-  apply = jax.jit(lambda p, b: runner.model.apply({"params": p}, b["query"], b["query_mask"],
-                                                  b["reference"], b["reference_mask"],
-                                                  deterministic=True)["probs"])
+  apply = jax.jit(lambda p, b: runner.family.apply(p, b)["probs"])
   for name, indices in groups.items():
     batch = _batch(pairs, bench.store, indices)
     inputs.update({f"{name}_{k}": v for k, v in batch.items()})
@@ -183,7 +182,9 @@ def test_loader_alone_matches_eval_step(run, tmp_path):
                       "loss_c": np.asarray(out["loss_c"]),
                       "probs": np.asarray(out["probs"] if "probs" in out else apply(params, batch))}
   assert expected["long"]["probs"].shape[1] == 32 and expected["short"]["probs"].shape[1] == 16
-  want_segments, want_loss_c = runner.predict(params, pairs, bench.store)[:2]
+  want = evaluation.predict(runner.batch_function(params), pairs, bench.store, 8, QUERY_BUCKETS,
+                            REFERENCE_BUCKETS)
+  want_segments, want_loss_c = want.segments, want.loss_c
 
   np.savez(tmp_path / "inputs.npz", **inputs)
   env = subprocess_env()

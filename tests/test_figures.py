@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from vreloc_jax import figures, model
+from vreloc_jax import figures
+from vreloc_jax.relocalizer import model
 
 
 def _outputs(length=40, heads=40):

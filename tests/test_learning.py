@@ -21,7 +21,8 @@ import os
 
 import pytest
 
-from configs import default as default_config
+from configs import full as full_config
+from configs import weak as weak_config
 from vreloc_jax import train
 
 STEPS = 100
@@ -30,7 +31,7 @@ MARGIN = {"full": 20.0, "weak": 15.0}  # Points of mAP_avg over the statistical 
 
 @pytest.mark.parametrize("supervision", ["full", "weak"])
 def test_small_model_beats_the_prior_on_real_recordings(vowels, tmp_path, supervision):
-  config = default_config.for_supervision(supervision, "quick,recordings")
+  config = {"full": full_config, "weak": weak_config}[supervision].get_config("quick,recordings")
   config.data.dir = vowels
   config.data.reference_buckets = (128,)  # Streams are at most 116 steps: one program.
   config.train.batch_size = 32

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vreloc_jax import losses
-from vreloc_jax import model as model_lib
+from vreloc_jax.relocalizer import model as model_lib
 
 ALPHA = 0.3
 

@@ -121,11 +121,11 @@ def make_pairs() -> list[Pair]:
           Pair(query=e[3], reference=e[2]), Pair(query=e[2], reference=e[3])]
 
 
-def test_evaluate_predictions_writes_both_files(tmp_path):
+def test_score_predictions_writes_both_files(tmp_path):
   ps = make_pairs()
   predicted = np.array([[2, 6], [0, 4], [0, 5], [0, 30]])
   results_path = str(tmp_path / "out" / "test_results.json")  # the directory is created
-  res = metrics.evaluate_predictions("test", ps, predicted, results_path,
+  res = metrics.score_predictions("test", ps, predicted, results_path,
                                      extra={"method": "prior", "step": 12})
   expected_ious = [1.0, 0.0, 1.0, 2 / 30]
   assert res == {"split": "test", "num_pairs": 4, **metrics.top1_map(expected_ious),
@@ -151,8 +151,8 @@ def test_evaluate_predictions_writes_both_files(tmp_path):
                                                   "test_results.predictions.json"]
 
 
-def test_evaluate_predictions_without_files(tmp_path):
-  res = metrics.evaluate_predictions("val", make_pairs(), [[2, 6], [5, 12], [0, 5], [20, 22]])
+def test_score_predictions_without_files(tmp_path):
+  res = metrics.score_predictions("val", make_pairs(), [[2, 6], [5, 12], [0, 5], [20, 22]])
   assert res["mAP_avg"] == 100.0 and res["num_pairs"] == 4
   assert os.listdir(tmp_path) == []
 
@@ -165,10 +165,10 @@ def test_evaluate_predictions_without_files(tmp_path):
     ([[2, 6], [0, 4], [-1, 5], [0, 1]], r"prediction \[-1, 5\] for pair 2 .*v_cc"),
     ([[2, 6], [0, 4], [3, 3], [0, 1]], r"prediction 2 \[3, 3\] is empty or inverted"),
 ])
-def test_evaluate_predictions_errors(tmp_path, predicted, message):
+def test_score_predictions_errors(tmp_path, predicted, message):
   path = str(tmp_path / "r.json")
   with pytest.raises(ValueError, match=message):
-    metrics.evaluate_predictions("test", make_pairs(), np.array(predicted), path)
+    metrics.score_predictions("test", make_pairs(), np.array(predicted), path)
   assert os.listdir(tmp_path) == []  # nothing half-written
 
 

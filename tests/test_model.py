@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.attention and vreloc_jax.model (tiny dimensions, CPU).
+"""Tests of vreloc_jax.relocalizer.attention and .model (tiny dimensions, CPU).
 
 Compilation dominates the cost on CPU, so each test compiles as few shapes as it
 can: the padding checks put a zero-padded copy and a garbage-padded copy (NaN and
@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vreloc_jax import attention
-from vreloc_jax import model as model_lib
+from vreloc_jax.relocalizer import attention
+from vreloc_jax.relocalizer import model as model_lib
 
 D = 6  # input feature dimension of the tiny tests
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import make_benchmark
 from tests.test_train import REPO, _params, tiny_config
-from vreloc_jax import checkpoints, sharding, train
+from vreloc_jax import checkpoints, evaluation, preemption, train
 
 # The interrupted runs: checkpoints every 8 steps and at the evaluations (steps 10 and 20).
 RUN = {"num_steps": 20, "eval_every": 10, "checkpoint_every": 8, "log_every": 1}
@@ -157,7 +157,7 @@ def test_sigterm_then_sigkill_then_resume_matches_an_uninterrupted_run(data_dir,
   last = _freeze_when(proc, workdir, log, _between_checkpoints)
   os.kill(proc.pid, signal.SIGTERM)
   os.kill(proc.pid, signal.SIGCONT)
-  assert _finish(proc, log) == sharding.PREEMPTED_EXIT_CODE, log.read_text()[-4000:]
+  assert _finish(proc, log) == preemption.PREEMPTED_EXIT_CODE, log.read_text()[-4000:]
   stopped = _stop_step(log)
   assert stopped in (last + 1, last + 2)  # Not a checkpoint step (8, 10, 16, 20).
   assert json.loads((workdir / "config.json").read_text()) == json.loads(
@@ -264,13 +264,13 @@ def test_failed_val_evaluation_still_saves_its_checkpoint(data_dir, tmp_path, mo
   def broken(runner, params, bench, split, *args, **kwargs):
     raise OSError(f"cannot write the {split} results")
 
-  monkeypatch.setattr(train, "evaluate", broken)
+  monkeypatch.setattr(evaluation, "score_split", broken)
   workdir = str(tmp_path / "broken_val")
   config = tiny_config("weak", data_dir, num_steps=2, eval_every=2, checkpoint_every=100)
-  handlers = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
+  handlers = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
   with pytest.raises(OSError, match="cannot write the val results"):
     train.train_and_evaluate(config, workdir)
-  assert {s: signal.getsignal(s) for s in train.STOP_SIGNALS} == handlers  # Put back.
+  assert {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS} == handlers  # Put back.
   manager = checkpoints.manager(workdir, read_only=True)
   assert list(manager.all_steps()) == [2] and manager.metrics(2) is None
   manager.close()
@@ -305,24 +305,25 @@ def test_checkpoint_of_an_older_version_without_loss_c_is_kept_and_never_min_los
 
 
 def test_stop_signals_record_the_first_and_restore_the_handlers():
-  before = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
+  before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
 
-  def delivered(stop: train.StopSignals, signum: int) -> None:
+  def delivered(stop: preemption.StopSignals, signum: int) -> None:
     os.kill(os.getpid(), signum)
     deadline = time.monotonic() + 5
     while not stop.signum and time.monotonic() < deadline:  # Handlers run between bytecodes.
       time.sleep(0.001)
 
-  with train.StopSignals() as stop:
+  with preemption.StopSignals() as stop:
     delivered(stop, signal.SIGTERM)
-    assert stop.signum == signal.SIGTERM and train.agree_on_signal(stop.signum) == signal.SIGTERM
+    assert stop.signum == signal.SIGTERM
+    assert preemption.agree_on_signal(stop.signum) == signal.SIGTERM
     delivered(stop, signal.SIGTERM)  # A repeated SIGTERM changes nothing.
     assert stop.signum == signal.SIGTERM
     if callable(before[signal.SIGINT]):  # Python's KeyboardInterrupt (not a kill).
       with pytest.raises(KeyboardInterrupt):  # A second signal, SIGINT, does what it did before.
         delivered(stop, signal.SIGINT)
         time.sleep(1)
-  assert {s: signal.getsignal(s) for s in train.STOP_SIGNALS} == before
+  assert {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS} == before
 
 
 @pytest.mark.skipif(not os.environ.get("VRELOC_SLOW_TESTS"),
@@ -340,7 +341,7 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(data_dir, tmp
   os.kill(procs[1].pid, signal.SIGTERM)
   os.kill(procs[0].pid, signal.SIGCONT)
   for proc, log in zip(procs, logs):
-    assert _finish(proc, log) == sharding.PREEMPTED_EXIT_CODE, log.read_text()[-4000:]
+    assert _finish(proc, log) == preemption.PREEMPTED_EXIT_CODE, log.read_text()[-4000:]
   stopped = {_stop_step(log) for log in logs}
   assert len(stopped) == 1 and stopped <= {last + 1, last + 2}, (stopped, last)
   manager = checkpoints.manager(str(workdir), read_only=True)

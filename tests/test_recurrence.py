@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.recurrence: the cuDNN path's packing, lengths and masking, on CPU.
+"""Tests of vreloc_jax.relocalizer.recurrence: the cuDNN path's packing, lengths, masking (CPU).
 
 cuDNN itself cannot run here: its code path runs with `recurrence.reference_kernel`
 (jax's ``rnn.lstm_ref``, the pure-JAX reference of the same kernel and the same flat
@@ -23,8 +23,10 @@ from tests.test_model import batch_variants
 from tests.test_model import random_params
 from tests.test_model import sequences
 from tests.test_model import tiny_config
-from vreloc_jax import model as model_lib
-from vreloc_jax import recurrence
+from vreloc_jax import inputs
+from vreloc_jax import losses
+from vreloc_jax.relocalizer import model as model_lib
+from vreloc_jax.relocalizer import recurrence
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 IN, H = 3, 4  # input features and hidden size of the layer tests
@@ -175,15 +177,15 @@ class _TodaysPredictor(nn.Module):
     def cell():
       return nn.OptimizedLSTMCell(self.lstm_dim, dtype=self.dtype, parent=None)
 
-    x = model_lib.mask_steps(x, mask)
+    x = inputs.mask_steps(x, mask)
     x = nn.Dropout(self.dropout_in)(x, deterministic=deterministic)
     bilstm = nn.Bidirectional(nn.RNN(cell(), name="forward"),
                               nn.RNN(cell(), name="backward"), name="bilstm")
     h = bilstm(x, seq_lengths=lengths)
-    h = model_lib.mask_steps(h, mask)
+    h = inputs.mask_steps(h, mask)
     h = nn.Dropout(self.dropout_out)(h, deterministic=deterministic)
     h = nn.RNN(cell(), name="lstm")(h, seq_lengths=lengths)
-    logits = nn.Dense(model_lib.NUM_CLASSES, dtype=self.dtype, name="classifier")(h)
+    logits = nn.Dense(losses.NUM_CLASSES, dtype=self.dtype, name="classifier")(h)
     return logits.astype(jnp.float32)
 
 

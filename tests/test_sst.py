@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.sst, the query-agnostic SST comparator (tiny dimensions, CPU).
+"""Tests of vreloc_jax.comparators.sst, the query-agnostic SST comparator (tiny dimensions, CPU).
 
 As in test_cgbm.py, compilation dominates: one batch holds a zero-padded and a
 garbage-padded copy (NaN and large values, plus extra padding) of every example and
@@ -19,7 +19,7 @@ from tests.test_model import applied
 from tests.test_model import assert_padding_invariant
 from tests.test_model import batch_variants
 from tests.test_model import sequences
-from vreloc_jax import sst
+from vreloc_jax.comparators import sst
 
 D = 6  # input feature dimension of the tiny tests
 K = 4  # candidate lengths of the tiny tests

@@ -350,11 +350,11 @@ def test_measured_constants_are_the_module_constants():
 
 def test_config_selects_the_version(monkeypatch, tmp_path):
   from configs import default
-  from vreloc_jax import train
+  from vreloc_jax.data import benchmark
   monkeypatch.setenv("VRELOC_CACHE", str(tmp_path))
   config = default.get_config()
-  assert train.synthetic_dir(config) == str(tmp_path / "synthetic-v5-seed0-scale1")
+  assert benchmark.synthetic_dir(config) == str(tmp_path / "synthetic-v5-seed0-scale1")
   config.data.synthetic_version = 3
-  assert train.synthetic_dir(config) == str(tmp_path / "synthetic-v3-seed0-scale1")
+  assert benchmark.synthetic_dir(config) == str(tmp_path / "synthetic-v3-seed0-scale1")
   del config.data.synthetic_version  # A work directory from before the field: version 3.
-  assert train.synthetic_version(config) == 3
+  assert benchmark.synthetic_version(config) == 3

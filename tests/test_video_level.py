@@ -1,4 +1,4 @@
-"""Tests of vreloc_jax.video_level, Feng et al.'s video-level baseline (tiny sizes, CPU).
+"""Tests of vreloc_jax.comparators.video_level, Feng et al.'s baseline (tiny sizes, CPU).
 
 As in test_cgbm.py, compilation dominates: one batch holds a zero-padded and a
 garbage-padded copy (NaN and large values) of every example, checked against an
@@ -22,9 +22,9 @@ from tests.test_model import applied
 from tests.test_model import assert_padding_invariant
 from tests.test_model import batch_variants
 from tests.test_model import sequences
-from vreloc_jax import candidates
-from vreloc_jax import losses
-from vreloc_jax import video_level
+from vreloc_jax.comparators import candidates
+from vreloc_jax.comparators import losses
+from vreloc_jax.comparators import video_level
 
 D = 6  # input feature dimension of the tiny tests
 K = 3  # candidate lengths of the tiny tests

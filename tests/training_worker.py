@@ -17,11 +17,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tests import test_train  # noqa: E402
-from vreloc_jax import checkpoints, sharding, train  # noqa: E402
+from vreloc_jax import checkpoints, distributed, sharding, train  # noqa: E402
 
 
 def main(data_dir, workdir, supervision, out):
-  sharding.initialize_distributed()
+  distributed.initialize_distributed()
   config = test_train.tiny_config(supervision, data_dir)
   train.train_and_evaluate(config, workdir)
   runner = train.Runner(config, sharding.make_mesh(), test_train.FEATURE_DIM)

@@ -39,7 +39,7 @@ subspace, an oracle).
 
 Evaluation uses the split's deterministic pairs (`pairs.load_eval_pairs`) and
 writes the results file (``{"split", "num_pairs", "mAP", "mAP_avg", "method",
-…}``, percent) and a predictions file beside it (`metrics.evaluate_predictions`).
+…}``, percent) and a predictions file beside it (`metrics.score_predictions`).
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import app
 from absl import flags
+import jax.numpy as jnp
 import numpy as np
 
 from vreloc_jax import cli
+from vreloc_jax import losses
 from vreloc_jax import metrics
 from vreloc_jax import storage
 from vreloc_jax.data import pairs as pairs_lib
@@ -61,6 +63,7 @@ METHODS = ("random", "stat_prior", "frame_level")
 DIAGNOSTICS = ("frame_level_smoothed", "coattention_search", "coattention_search_query_length")
 FEATURE_METHODS = ("frame_level",) + DIAGNOSTICS
 _EPS = 1e-8
+_CHUNK = 32  # Pairs whose features are read (and searched) at once.
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -137,93 +140,89 @@ def smooth(features: np.ndarray, width: int = 5) -> np.ndarray:
   return (cumulative[hi] - cumulative[lo]) / (hi - lo)[:, None]
 
 
-def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float = 0.3,
-                        max_length: int = 64, query_length: bool = False) -> tuple[int, int]:
-  """The segment maximizing the co-attention criterion ``d+ - d-`` (paper eqs. 16-18).
+def coattention_segments(queries: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                         alpha: float = 0.3, max_length: int = 64,
+                         query_length: bool = False) -> list[tuple[int, int]]:
+  """The segment of each pair maximizing the co-attention criterion (paper eqs. 16-18).
 
-  ``d+ = cos(q, r_in)``, ``d- = α cos(q, r_out) + (1 - α) cos(r_in, r_out)`` with
-  ``q`` the mean query feature and ``r_in`` / ``r_out`` the mean reference
-  feature inside / outside the segment. The whole reference is a candidate
-  only when it is a single step (the loss always has an outside: its
-  background weights are normalized to sum to 1); when no candidate has an
-  outside (a query at least as long as the reference, with ``query_length``),
-  the answer is the whole reference.
+  ``d+ - d-`` with ``d+ = cos(q, r_in)``, ``d- = α cos(q, r_out) + (1 - α) cos(r_in,
+  r_out)``, ``q`` the mean query feature and ``r_in`` / ``r_out`` the mean reference
+  feature inside / outside the segment: `losses.window_criterion`, the criterion the
+  window co-attention objective trains toward, searched exhaustively (the pairs padded
+  into one batch). The whole reference is a candidate only when it is a single step
+  (the loss always has an outside); when no candidate has an outside (a query at least
+  as long as the reference, with ``query_length``), the answer is the whole reference.
 
   Args:
-    query: [Lq, D].
-    reference: [Lr, D].
+    queries: [Lq, D] features of each pair's query.
+    references: [Lr, D] features of each pair's reference.
     alpha: the loss's α.
     max_length: longest candidate segment.
-    query_length: the candidates are the segments of length ``min(Lq, Lr)``
-      only (those of the query-length inference rule and of ``frame_level``),
-      not every length up to ``max_length``.
+    query_length: the candidates are the segments of length ``min(Lq, Lr)`` only
+      (those of the query-length inference rule and of ``frame_level``), not every
+      length up to ``max_length``.
 
   Returns:
-    ``(s, e)``, earliest start then shortest on ties.
+    ``(s, e)`` of each pair, earliest start then shortest on ties.
   """
-  r = np.asarray(reference, dtype=np.float64)  # [L, D]
-  q = np.asarray(query, dtype=np.float64).mean(axis=0)  # [D]
-  n = r.shape[0]
-  total = r.sum(axis=0)  # [D]
-  gram = r @ r.T  # [L, L]
-  prefix = np.zeros((n + 1, n + 1))
-  prefix[1:, 1:] = gram.cumsum(0).cumsum(1)  # prefix[i, j] = sum_{t<i, u<j} r_t · r_u
-  q_prefix = np.concatenate([[0.0], np.cumsum(r @ q)])  # [L + 1]
-  t_prefix = np.concatenate([[0.0], np.cumsum(r @ total)])  # [L + 1]
+  query_steps = np.array([len(q) for q in queries])  # [B]
+  steps = np.array([len(r) for r in references])  # [B]
+  len_query, len_ref, dim = query_steps.max(), steps.max(), references[0].shape[1]
+  query = np.zeros((len(queries), len_query, dim), np.float32)  # [B, Lq, D]
+  reference = np.zeros((len(references), len_ref, dim), np.float32)  # [B, Lr, D]
+  for i, (q, r) in enumerate(zip(queries, references)):
+    query[i, :len(q)], reference[i, :len(r)] = q, r
   if query_length:
-    lengths = np.array([min(query.shape[0], n)])  # [1]
+    lengths = np.minimum(query_steps, steps)[:, None]  # [B, 1]
   else:
-    lengths = np.arange(1, min(max_length, n) + 1)  # [K]
-  s = np.arange(n)[:, None]  # [L, 1]
-  e = s + lengths[None, :]  # [L, K]
-  valid = (e <= n) & ((e - s < n) | (n == 1))
-  e = np.minimum(e, n)
-  inside_sq = prefix[e, e] - prefix[s, e] - prefix[e, s] + prefix[s, s]  # |sum inside|^2
-  q_in = q_prefix[e] - q_prefix[s]
-  t_in = t_prefix[e] - t_prefix[s]
-  total_sq = prefix[n, n]
-  outside_sq = np.maximum(total_sq - 2.0 * t_in + inside_sq, 0.0)
-  q_out = q @ total - q_in
-  in_out = t_in - inside_sq
-  q_norm = max(np.linalg.norm(q), _EPS)
-  in_norm = np.sqrt(np.maximum(inside_sq, _EPS ** 2))
-  out_norm = np.sqrt(np.maximum(outside_sq, _EPS ** 2))
-  has_out = outside_sq > _EPS
-  d_plus = q_in / (q_norm * in_norm)
-  d_minus = np.where(has_out, alpha * q_out / (q_norm * out_norm)
-                     + (1.0 - alpha) * in_out / (in_norm * out_norm), 0.0)
-  score = np.where(valid, d_plus - d_minus, -np.inf)  # [L, K]
-  if not valid.any():
-    return 0, n
-  flat = int(np.argmax(score))
-  start, k = divmod(flat, score.shape[1])
-  return start, start + int(lengths[k])
+    lengths = np.broadcast_to(np.arange(1, min(max_length, len_ref) + 1),
+                              (len(steps), min(max_length, len_ref)))  # [B, K]
+  criterion = np.asarray(losses.window_criterion(
+      query, np.arange(len_query)[None] < query_steps[:, None], reference,
+      np.arange(len_ref)[None] < steps[:, None], jnp.asarray(lengths, jnp.int32),
+      alpha))  # [B, Lr, K]
+  n, k = steps[:, None, None], lengths[:, None, :]  # [B, 1, 1], [B, 1, K]
+  valid = (np.arange(len_ref)[None, :, None] + k <= n) & ((k < n) | (n == 1))  # [B, Lr, K]
+  out = []
+  for b in range(len(steps)):
+    if not valid[b].any():
+      out.append((0, int(steps[b])))
+      continue
+    start, index = divmod(int(np.argmax(np.where(valid[b], criterion[b], -np.inf))),
+                          lengths.shape[1])
+    out.append((start, start + int(lengths[b, index])))
+  return out
 
 
-def _segment_fn(method: str, smooth_width: int, alpha: float, max_length: int):
-  if method == "frame_level":
-    return frame_level_segment
-  if method == "frame_level_smoothed":
-    return lambda q, r: frame_level_segment(smooth(q, smooth_width), smooth(r, smooth_width))
-  if method == "coattention_search":
-    return lambda q, r: coattention_segment(q, r, alpha=alpha, max_length=max_length)
-  if method == "coattention_search_query_length":
-    return lambda q, r: coattention_segment(q, r, alpha=alpha, query_length=True)
-  raise ValueError(f"unknown feature method {method!r}; expected one of {FEATURE_METHODS}")
+def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float = 0.3,
+                        max_length: int = 64, query_length: bool = False) -> tuple[int, int]:
+  """`coattention_segments` of one pair: query [Lq, D], reference [Lr, D]."""
+  return coattention_segments([query], [reference], alpha, max_length, query_length)[0]
 
 
 def predict_with_features(method: str, pairs: Sequence[pairs_lib.Pair], store: FeatureStore,
                           transform: Transform | None = None, smooth_width: int = 5,
                           alpha: float = 0.3, max_length: int = 64) -> np.ndarray:
   """Predictions of a feature method for every pair: int [N, 2] relative to the window."""
-  segment = _segment_fn(method, smooth_width, alpha, max_length)
+  if method not in FEATURE_METHODS:
+    raise ValueError(f"unknown feature method {method!r}; expected one of {FEATURE_METHODS}")
   out = np.zeros((len(pairs), 2), dtype=np.int64)
-  for i, pair in enumerate(pairs):
-    query = store.window(pair.query.video_id, *pair.query.query_span)  # [Lq, D]
-    reference = store.window(pair.reference.video_id, *pair.reference.location)  # [Lr, D]
+  for first in range(0, len(pairs), _CHUNK):
+    chunk = pairs[first:first + _CHUNK]
+    queries = [store.window(p.query.video_id, *p.query.query_span) for p in chunk]  # [Lq, D]
+    references = [store.window(p.reference.video_id, *p.reference.location)
+                  for p in chunk]  # [Lr, D]
     if transform is not None:
-      query, reference = transform(query), transform(reference)
-    out[i] = segment(query, reference)
+      queries, references = [transform(q) for q in queries], [transform(r) for r in references]
+    if method.startswith("coattention_search"):
+      found = coattention_segments(queries, references, alpha, max_length,
+                                   query_length=method.endswith("query_length"))
+    elif method == "frame_level_smoothed":
+      found = [frame_level_segment(smooth(q, smooth_width), smooth(r, smooth_width))
+               for q, r in zip(queries, references)]
+    else:
+      found = [frame_level_segment(q, r) for q, r in zip(queries, references)]
+    out[first:first + len(chunk)] = found
   return out
 
 
@@ -272,7 +271,7 @@ def predict(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
   raise ValueError(f"unknown method {method!r}; expected one of {METHODS + DIAGNOSTICS}")
 
 
-def evaluate_baseline(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
+def score_baseline(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
                       pairs: Sequence[pairs_lib.Pair], store: FeatureStore | None = None,
                       split: str = "test", seed: int = 0, results_path: str | None = None,
                       transform: Transform | None = None, **options) -> dict[str, Any]:
@@ -282,7 +281,7 @@ def evaluate_baseline(method: str, entries: Mapping[str, Sequence[splits_lib.Ent
     ``{"split", "num_pairs", "mAP": {"0.1": …}, "mAP_avg", "method", …}`` (percent).
   """
   predicted, info = predict(method, entries, pairs, store, seed, transform, **options)
-  return metrics.evaluate_predictions(split, pairs, predicted, results_path, extra=info)
+  return metrics.score_predictions(split, pairs, predicted, results_path, extra=info)
 
 
 def run_baseline(method: str, data_dir: str, split: str = "test", features: str | None = None,
@@ -319,7 +318,7 @@ def run_baseline(method: str, data_dir: str, split: str = "test", features: str 
     store.preload([e for p in pairs for e in (p.query, p.reference)])
   try:
     predicted, info = predict(method, entries, pairs, store, seed, transform, **options)
-    results = metrics.evaluate_predictions(split, pairs, predicted, output, extra=info)
+    results = metrics.score_predictions(split, pairs, predicted, output, extra=info)
   finally:
     if store is not None:
       store.close()

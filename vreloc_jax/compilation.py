@@ -1,24 +1,18 @@
-"""Compiling a run's programs: XLA's options, and compiling ahead in a background thread.
+"""Compiling a run's programs: XLA's options, what a run will compile, compiling it ahead.
 
 A run compiles a train program and an eval program for every (query, reference)
-bucket it meets, and each takes seconds: the model's train step takes 17 s to compile
-on one core of this project's 2-core development machine, its eval step 3.5 s, its
-parameter initialization 10 s (WORKSPACE.md, "Performance"). Two levers:
+bucket it meets, and each takes seconds (WORKSPACE.md, "Performance"). Two levers:
 
 * `compiler_options`: on CPU, LLVM's optimization level (``compile.cpu_optimization_level``;
-  unset by default: XLA's own, 3). Level 1, measured on the weakly supervised model (one core,
-  batch 128, reference 64): train step compile 17.1 -> 12.9 s, eval 3.5 -> 2.9 s,
-  initialization 10.2 -> 7.7 s, and the step itself as fast (2.67 -> 2.66 s); level 2
-  is level 1's speed, and level 0 compiles in 8.7 s but its step takes twice as long.
-  Not the default: the programs' float rounding is not level 3's, so a whole training
-  run follows another trajectory (README.md, "Speed").
+  unset by default: XLA's own, 3). A lower level compiles faster, but rounds differently,
+  so a whole training run follows another trajectory: not the default.
 * `Program`: a ``jax.jit`` function whose executables for argument signatures known
-  in advance (``compile_ahead``) are compiled in one background thread, while the run
-  initializes its parameters or trains on buckets already compiled. A call whose
-  signature was compiled ahead runs that executable (waiting for it if it is still
-  compiling); any other call goes through the jit-compiled function as before. The
-  executables are the ones the jit-compiled function would build (same function, same
-  options), so results do not change.
+  in advance (``compile_ahead``; `compile_plan` lists a run's) are compiled in one
+  background thread, while the run initializes its parameters or trains on buckets
+  already compiled. A call whose signature was compiled ahead runs that executable
+  (waiting for it if it is still compiling); any other call goes through the
+  jit-compiled function as before. The executables are the ones the jit-compiled
+  function would build (same function, same options), so results do not change.
 
 A call's signature is its arguments' tree structure and, per leaf, shape, dtype, weak
 type and sharding: what an ahead-of-time compiled executable insists on. The
@@ -34,6 +28,9 @@ from typing import Any, Callable, Hashable, Sequence
 
 import jax
 import ml_collections
+import numpy as np
+
+from vreloc_jax.data import batching
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -43,17 +40,51 @@ def compiler_options(config: ml_collections.ConfigDict, platform: str) -> dict[s
   """XLA compiler options of a run's programs on ``platform`` ("cpu", "gpu", "tpu").
 
   On CPU, ``xla_backend_optimization_level`` when ``compile.cpu_optimization_level`` is
-  set; unset (None, the default), no option: XLA's own level, 3, or what ``XLA_FLAGS``
-  says. An option overrides ``XLA_FLAGS``. Elsewhere none (XLA's defaults).
+  set (0-3, `configuration.validate`); unset (None, the default), no option: XLA's own
+  level, 3, or what ``XLA_FLAGS`` says. An option overrides ``XLA_FLAGS``. Elsewhere none
+  (XLA's defaults).
   """
   if platform != "cpu":
     return None
   level = (config.get("compile") or {}).get("cpu_optimization_level")
   if level is None:
     return None
-  if not 0 <= int(level) <= 3:
-    raise ValueError(f"compile.cpu_optimization_level must be 0-3, got {level}")
   return {"xla_backend_optimization_level": int(level)}
+
+
+def compile_plan(config: ml_collections.ConfigDict, bench: Any,
+                 batches: batching.TrainBatches, first_step: int) -> list[tuple[str, dict]]:
+  """The programs a run needs from ``first_step`` on, in the order it first needs them.
+
+  Args:
+    config: the run's configuration.
+    bench: its `vreloc_jax.data.benchmark.Benchmark`.
+    batches: its training stream.
+    first_step: the step it starts (or resumes) from.
+
+  Returns:
+    ("train" or "eval", `batching.batch_layout`) of each distinct global batch shape:
+    the train batches of the remaining steps, the val batches at the first evaluation
+    to come, the test batches at the end.
+  """
+  num_steps, every = config.train.num_steps, config.train.eval_every
+  dim = bench.feature_dim
+  first_use: dict[tuple, tuple[float, str, dict]] = {}
+
+  def note(when: float, kind: str, layout: dict) -> None:
+    key = (kind, tuple(sorted((k, shape, np.dtype(t).str) for k, (shape, t) in layout.items())))
+    first_use.setdefault(key, (when, kind, layout))
+
+  for step in range(first_step, num_steps):  # the batch of step + 1
+    note(step, "train", batches.layout(step, dim))
+  next_eval = min(num_steps, (first_step // every + 1) * every)
+  evaluations = [("val", next_eval - 0.5)] if first_step < num_steps else []
+  for split, when in evaluations + [("test", num_steps)]:
+    for layout in batching.eval_layouts(bench.pairs[split], config.eval.batch_size,
+                                        config.data.query_buckets,
+                                        config.data.reference_buckets, dim):
+      note(when, "eval", layout)
+  return [(kind, layout) for _, kind, layout in sorted(first_use.values(), key=lambda v: v[0])]
 
 
 def signature(args: Sequence[Any]) -> Hashable:

@@ -11,7 +11,7 @@ Writes ``W/results/<split>_step<k>.json`` and its predictions file (or
 ``--output``) and prints the table row. Works on any number of devices.
 
 ``--model`` scores a directory written by ``vreloc_jax.export`` instead, with the
-loader alone (`vreloc_jax.export.evaluate_export`; one device), on the data the run
+loader alone (`vreloc_jax.evaluation.score_export`; one device), on the data the run
 used (or ``--data_dir``); with ``--output`` it writes the same results and
 predictions files as a checkpoint's evaluation.
 """
@@ -24,11 +24,15 @@ import jax
 
 from vreloc_jax import checkpoints
 from vreloc_jax import cli
-from vreloc_jax import export
+from vreloc_jax import configuration
+from vreloc_jax import distributed
+from vreloc_jax import evaluation
+from vreloc_jax import family
 from vreloc_jax import metrics
 from vreloc_jax import sharding
 from vreloc_jax import train
 from vreloc_jax import workdir as workdir_lib
+from vreloc_jax.data import benchmark
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +44,7 @@ def define_flags() -> None:
   flags.DEFINE_enum("split", "test", ["val", "test"], "Split to evaluate on.")
   flags.DEFINE_string("output", None, "Results file (default W/results/<split>_step<k>.json, "
                       "or <split>_step<k>_<inference>.json with --inference).")
-  flags.DEFINE_enum("inference", None, list(train.INFERENCES),
+  flags.DEFINE_enum("inference", None, list(family.INFERENCES),
                     "Score with this inference rule instead of the run's eval.inference.")
   flags.DEFINE_string("model", None, "An export directory (python -m vreloc_jax.export) to "
                       "score instead of a checkpoint of --workdir.")
@@ -51,8 +55,8 @@ def define_flags() -> None:
       message="pass exactly one of --workdir and --model")
 
 
-def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
-                        output: str | None = None, inference: str | None = None) -> dict:
+def score_checkpoint(workdir: str, checkpoint: str | int, split: str,
+                     output: str | None = None, inference: str | None = None) -> dict:
   """Restores ``checkpoint`` of ``workdir`` and scores it on ``split``.
 
   Args:
@@ -60,17 +64,16 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
     checkpoint: a selection (`checkpoints.SELECTIONS`) or a step.
     split: "val" or "test".
     output: the results file; by default under ``workdir/results``.
-    inference: an inference rule (`train.INFERENCES`) replacing the run's own.
+    inference: an inference rule (`family.INFERENCES`) replacing the run's own.
   """
   config = workdir_lib.load_config(workdir)
-  suffix = ""
+  suffix = None
   if inference is not None and inference != config.eval.inference:
-    if inference not in train.INFERENCES:
-      raise ValueError(f"inference must be one of {train.INFERENCES}, got {inference!r}")
     config.eval.inference = inference
-    suffix = f"_{inference}"
+    suffix = inference
   mesh = sharding.make_mesh()
-  bench = train.load_benchmark(config, split_names=(split,))
+  configuration.validate(config, devices=mesh.size)
+  bench = benchmark.load_benchmark(config, split_names=(split,))
   runner = train.Runner(config, mesh, bench.feature_dim)
   manager = checkpoints.manager(workdir, read_only=True)
   try:  # Closed on every path: a step never saved must not leave its threads behind.
@@ -78,11 +81,10 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int, split: str,
     state = checkpoints.restore(manager, step, runner.abstract_state())
   finally:
     manager.close()
-  output = output or workdir_lib.evaluation_file(workdir, split, step, suffix.lstrip("_") or None)
-  return train.evaluate(runner, state["params"], bench, split, output,
-                        {"checkpoint_step": step, "selection": str(checkpoint),
-                         "config": config.supervision,
-                         "variant": config.variant, "inference": train.inference_name(config)})
+  output = output or workdir_lib.evaluation_file(workdir, split, step, suffix)
+  return evaluation.score_split(
+      runner, state["params"], bench, split, output,
+      evaluation.results_record(config, runner.family.inference, step, str(checkpoint)))
 
 
 def main(argv):
@@ -93,12 +95,12 @@ def main(argv):
       if FLAGS.inference:
         raise ValueError("--inference cannot change an exported model's rule (it is part of "
                          "the exported program); export a run with that eval.inference instead")
-      sharding.quiet_library_logs()
-      results = export.evaluate_export(FLAGS.model, FLAGS.split, FLAGS.output, FLAGS.data_dir)
+      distributed.quiet_library_logs()
+      results = evaluation.score_export(FLAGS.model, FLAGS.split, FLAGS.output, FLAGS.data_dir)
     else:
-      sharding.start_process()
-      results = evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output,
-                                    FLAGS.inference)
+      distributed.start_process()
+      results = score_checkpoint(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.output,
+                                 FLAGS.inference)
   if jax.process_index() == 0:
     name = f"checkpoint {results['checkpoint_step']} ({FLAGS.split})"
     print(metrics.format_table({name: results}))

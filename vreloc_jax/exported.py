@@ -5,9 +5,10 @@
   out = model.predict(query, query_lengths, reference, reference_lengths)
   out["segments"]  # int32 [batch, 2]: the predicted [s, e) of each reference, end exclusive
 
-Nothing of the project's model code (``vreloc_jax.model``, ``train``, flax, orbax, …)
-is imported: the inference program is StableHLO serialized by `jax.export`, the
-parameters a plain ``.npz``. This module may be copied out of the project alone.
+Nothing of the project's model code (``vreloc_jax.relocalizer``, ``train``, flax, orbax,
+…) is imported: the inference program is StableHLO serialized by `jax.export`, the
+parameters a plain ``.npz``. This module may be copied out of the project with
+``vreloc_jax/buckets.py``, its one import (standard library only).
 
 The directory (format version 1; `vreloc_jax.export` writes it, its docstring says
 why it is laid out so):
@@ -44,6 +45,8 @@ import jax
 from jax import export as jax_export
 import numpy as np
 
+from vreloc_jax.buckets import bucket_for
+
 FORMAT = "vreloc_jax.exported_model"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.json"
@@ -52,13 +55,14 @@ PARAMS_FILE = "params.npz"
 CHANNELS = ("start", "end", "inside", "outside")
 # The value of every channel of ``probs`` at a padded step (softmax of zero logits).
 PADDING_PROB = 0.25
+_TRAINED_ON = "the exported model was not trained on longer ones"
 _REQUIRED = ("feature_dim", "query_buckets", "reference_buckets", "inference", "params",
              "programs", "files", "platforms")
 
 
 @dataclasses.dataclass(frozen=True)
-class Program:
-  """One exported program and the padded lengths it was exported for.
+class ProgramFile:
+  """One exported program's file and the padded lengths it was exported for.
 
   Attributes:
     file: its file in the export directory.
@@ -86,12 +90,6 @@ def sha256_file(path: str) -> str:
   return digest.hexdigest()
 
 
-def bucket_for(length: int, buckets: Sequence[int]) -> int | None:
-  """The smallest bucket that holds ``length`` steps, or None if none does."""
-  fitting = [int(b) for b in buckets if length <= b]
-  return min(fitting) if fitting else None
-
-
 class ExportedModel:
   """An exported re-localization model, ready to run on this machine's default device.
 
@@ -101,12 +99,13 @@ class ExportedModel:
     feature_dim: D, the feature dimension of queries and references.
     query_buckets: the padded query lengths of the run, ascending.
     reference_buckets: the padded reference lengths of the run, ascending.
-    inference: the inference rule of the segments ("weak", "full", "query_length").
+    inference: the inference rule of the segments ("weak", "full", "query_length",
+      "windows"; "best_candidate" for a segment-scoring model).
     programs: the exported programs and their length ranges.
   """
 
   def __init__(self, directory: str, metadata: dict[str, Any], params: dict[str, np.ndarray],
-               programs: Sequence[tuple[Program, jax_export.Exported]]):
+               programs: Sequence[tuple[ProgramFile, jax_export.Exported]]):
     self.directory = directory
     self.metadata = metadata
     self.feature_dim = int(metadata["feature_dim"])
@@ -121,6 +120,16 @@ class ExportedModel:
   def step(self) -> int | None:
     """The training step of the exported checkpoint."""
     return self.metadata.get("checkpoint", {}).get("step")
+
+  @property
+  def attention_rows(self) -> str:
+    """What the rows of the ``attention`` output are ("attention head", "query step")."""
+    return str(self.metadata.get("attention_rows", "attention head"))
+
+  @property
+  def per_step_probabilities(self) -> bool:
+    """False when ``probs`` are the prediction's one-hot labels (a segment-scoring model)."""
+    return bool(self.metadata.get("per_step_probabilities", True))
 
   @property
   def eval_batch_size(self) -> int:
@@ -217,8 +226,9 @@ class ExportedModel:
     query_lengths = _lengths("query_lengths", query_lengths, batch, query.shape[1])  # [batch]
     reference_lengths = _lengths("reference_lengths", reference_lengths, batch,
                                  reference.shape[1])  # [batch]
-    len_query = _bucket("query", int(query_lengths.max()), self.query_buckets)
-    len_ref = _bucket("reference", int(reference_lengths.max()), self.reference_buckets)
+    len_query = bucket_for(int(query_lengths.max()), self.query_buckets, "query", _TRAINED_ON)
+    len_ref = bucket_for(int(reference_lengths.max()), self.reference_buckets, "reference",
+                         _TRAINED_ON)
     query_mask = np.arange(len_query)[None, :] < query_lengths[:, None]  # [batch, len_query]
     reference_mask = np.arange(len_ref)[None, :] < reference_lengths[:, None]  # [batch, len_ref]
     padded_query = _padded("query", query, query_mask)  # [batch, len_query, D]
@@ -285,15 +295,6 @@ def _lengths(name: str, lengths: Any, batch: int, limit: int) -> np.ndarray:
     raise ValueError(f"{name}[{row}] = {int(lengths[row])} is {what}; each length must lie in "
                      f"[1, {limit}] ({bad.size} bad rows)")
   return lengths
-
-
-def _bucket(name: str, length: int, buckets: Sequence[int]) -> int:
-  """The padded length of a batch whose longest ``name`` has ``length`` steps."""
-  bucket = bucket_for(length, buckets)
-  if bucket is None:
-    raise ValueError(f"a {name} of {length} steps is longer than the largest {name} bucket "
-                     f"{max(buckets)} of the exported model (its buckets: {list(buckets)})")
-  return bucket
 
 
 def _padded(name: str, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -379,12 +380,12 @@ def _read_params(directory: str, metadata: dict[str, Any]) -> dict[str, np.ndarr
 
 
 def _read_programs(directory: str, metadata: dict[str, Any]
-                   ) -> list[tuple[Program, jax_export.Exported]]:
+                   ) -> list[tuple[ProgramFile, jax_export.Exported]]:
   """The exported programs, deserialized, checked to run on this machine's platform."""
   platform = jax_export.default_export_platform()
   programs = []
   for record in metadata["programs"]:
-    program = Program(file=record["file"],
+    program = ProgramFile(file=record["file"],
                       query_length=tuple(record["query_length"]),  # type: ignore[arg-type]
                       reference_length=tuple(record["reference_length"]))  # type: ignore[arg-type]
     path = os.path.join(directory, program.file)

@@ -27,11 +27,6 @@ _CURVES = (("p_start", losses.START, "tab:blue"), ("p_end", losses.END, "tab:red
            ("p_inside", losses.INSIDE, "tab:green"))
 
 
-def attention_rows(config: Any) -> str:
-  """What the rows of a model's attention output are: heads (the paper's) or query steps (CGBM)."""
-  return "query step" if config.get("model_name") == "cgbm" else "attention head"
-
-
 def head_labels(groups: Sequence[Sequence[int]]) -> list[tuple[int, str]]:
   """(first head row, label) of each head group ``(num_heads, kernel, dilation)``."""
   labels, row = [], 0
@@ -58,7 +53,7 @@ def plot_pair(path: str, probs: np.ndarray | None, predicted: Sequence[int], *,
     attention: float [len_ref, heads] H^matt, or None (no heat map panel).
     groups: the attention's head groups ``(num_heads, kernel, dilation)``, for the
       heat map's row labels.
-    attention_label: what the attention's rows are (`attention_rows`).
+    attention_label: what the attention's rows are (`vreloc_jax.family.Family.attention_rows`).
     title: the figure's title (which pair, which checkpoint).
     seconds_per_step: when given, a second x axis in seconds.
     length: the reference's valid steps, when ``probs`` is None (default: up to the

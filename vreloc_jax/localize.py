@@ -232,12 +232,12 @@ def plot(result: Localized, path: str, model: Any,
   if groundtruth is not None:
     truth = (int(groundtruth[0]) - a, int(groundtruth[1]) - a)
   # A comparator that scores whole segments has no per-step probabilities to draw.
-  probs = result.probs if model.metadata.get("per_step_probabilities", True) else None
+  probs = result.probs if model.per_step_probabilities else None
   figures.plot_pair(path, probs, (result.segment[0] - a, result.segment[1] - a),
                     groundtruth=truth, attention=result.attention,
                     groups=model.metadata.get("config", {}).get("model", {}).get(
                         "attention_groups"),
-                    attention_label=figures.attention_rows(model.metadata.get("config", {})),
+                    attention_label=model.attention_rows,
                     title=f"query {result.query} in {result.reference} (window from step {a})",
                     length=result.window[1] - a)
 
@@ -298,8 +298,8 @@ class _Inputs:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  from vreloc_jax import sharding  # pylint: disable=g-import-not-at-top  (jax and absl only)
-  sharding.quiet_library_logs()
+  from vreloc_jax import distributed  # pylint: disable=g-import-not-at-top  (jax and absl only)
+  distributed.quiet_library_logs()
   with cli.one_line_errors("vreloc_jax.localize"):
     if FLAGS.pairs is None and (FLAGS.query is None or FLAGS.reference is None):
       raise ValueError("pass --query and --reference, or --pairs")

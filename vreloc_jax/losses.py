@@ -1,7 +1,6 @@
 """Training losses: weighted cross-entropy (full supervision) and co-attention (weak).
 
-Also the losses of the segment-scoring comparators (the end of this module): SST's
-weighted binary cross-entropy and the video-level baseline's triplet loss.
+(The losses of the segment-scoring comparators are `vreloc_jax.comparators.losses`.)
 
 Channels of `logits` / `probs`: (start, end, inside, outside). Segments are [s, e)
 relative to the reference window, end exclusive. Masks are bool, True = valid.
@@ -15,15 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vreloc_jax import candidates
 from vreloc_jax import segments
 
 START, END, INSIDE, OUTSIDE = 0, 1, 2, 3
+NUM_CLASSES = 4  # The per-step classes, in that order.
 BOUNDARY_WEIGHT = 10.0  # w_i at start/end steps (eq. 19, Feng et al. 2018)
 # Smallest probability mass a masked region must keep for its mask to be used; below
 # it the co-attention loss falls back to the unmasked probabilities (see below).
 MASS_EPSILON = 1e-6
 COSINE_EPSILON = 1e-8  # norm product floor in the cosine similarity
+NEG_INF = -1e30  # Score of an excluded candidate before a softmax or an argmax (finite: no NaN).
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -336,7 +336,7 @@ def window_coattention_loss(log_probs: jax.Array, query: jax.Array, query_mask: 
   batch = scores.shape[0]
   valid = valid.reshape(batch, -1)  # [B, Lr * K]
   # A finite floor, not -inf: a row without candidates (a filler) stays finite.
-  log_pi = jax.nn.log_softmax(jnp.where(valid, scores.reshape(batch, -1), candidates.NEG_INF),
+  log_pi = jax.nn.log_softmax(jnp.where(valid, scores.reshape(batch, -1), NEG_INF),
                               axis=1)  # [B, Lr * K]
   criterion = criterion.reshape(batch, -1)  # [B, Lr * K]
   count = jnp.maximum(valid.sum(axis=1, keepdims=True), 1)  # [B, 1]
@@ -344,96 +344,7 @@ def window_coattention_loss(log_probs: jax.Array, query: jax.Array, query_mask: 
   spread = jnp.sqrt(jnp.sum(jnp.where(valid, (criterion - mean) ** 2, 0.0), axis=1,
                             keepdims=True) / count)  # [B, 1]
   standardized = (criterion - mean) / jnp.maximum(spread, COSINE_EPSILON)
-  tau = jax.nn.softmax(jnp.where(valid, standardized / temperature, candidates.NEG_INF), axis=1)
+  tau = jax.nn.softmax(jnp.where(valid, standardized / temperature, NEG_INF), axis=1)
   per_example = -jnp.sum(jnp.where(valid, tau * log_pi, 0.0), axis=1)  # [B]
   real = query_mask.any(axis=1) & reference_mask.any(axis=1)  # [B]
   return jnp.sum(jnp.where(real, per_example, 0.0)) / jnp.maximum(real.sum(), 1)
-
-
-# ------------------------------------------------- losses of segment-scoring comparators
-# Candidate grids are start-indexed: entry (s, k) of [batch, len_ref, K] is the segment
-# [s, s + k + 1) (`vreloc_jax.candidates`). `candidate_mask` marks the entries a model
-# scored; filler examples (`example_mask` False) are ignored.
-
-
-def _real_candidates(candidate_mask: jax.Array, example_mask: jax.Array | None) -> jax.Array:
-  valid = candidate_mask.astype(bool)
-  if example_mask is not None:
-    valid = valid & example_mask.astype(bool)[:, None, None]
-  return valid  # [B, Lr, K]
-
-
-def proposal_cross_entropy(scores: jax.Array, candidate_mask: jax.Array, segment: jax.Array,
-                           example_mask: jax.Array | None = None,
-                           positive_iou: float = 0.5) -> jax.Array:
-  """SST's weighted binary cross-entropy over the candidate grid (Buch et al. 2017).
-
-  A candidate is positive when its temporal IoU with the ground truth exceeds
-  ``positive_iou``. Positives of candidate length k weigh w1_k = (negatives of
-  length k) / (candidates of length k) and negatives w0_k = 1 - w1_k, so both
-  classes count alike at every length. SST computes these frequencies over the
-  training set; here they are counted in each batch (references are cropped at
-  random, so the training set's frequencies are not fixed).
-
-  Args:
-    scores: float [batch, len_ref, K] logits (sigmoid = confidence).
-    candidate_mask: bool [batch, len_ref, K], the scored candidates.
-    segment: int [batch, 2] ground truth ``[s, e)``.
-    example_mask: optional bool [batch]; False examples are ignored.
-    positive_iou: IoU above which a candidate is positive.
-
-  Returns:
-    float32 scalar: the weighted cross-entropy summed over candidates, divided by
-    their number; 0 when nothing is valid.
-  """
-  len_ref, num_lengths = scores.shape[1], scores.shape[2]
-  valid = _real_candidates(candidate_mask, example_mask)  # [B, Lr, K]
-  positive = (candidates.candidate_iou(segment, len_ref, num_lengths) > positive_iou) & valid
-  count = valid.sum(axis=(0, 1)).astype(jnp.float32)  # [K]
-  w1 = (count - positive.sum(axis=(0, 1))) / jnp.maximum(count, 1.0)  # [K]
-  logits = jnp.where(valid, scores.astype(jnp.float32), 0.0)
-  per_candidate = -jnp.where(positive, w1 * jax.nn.log_sigmoid(logits),
-                             (1.0 - w1) * jax.nn.log_sigmoid(-logits))  # [B, Lr, K]
-  return jnp.sum(jnp.where(valid, per_candidate, 0.0)) / jnp.maximum(valid.sum(), 1)
-
-
-def triplet_loss(scores: jax.Array, candidate_mask: jax.Array, segment: jax.Array,
-                 example_mask: jax.Array | None = None, margin: float = 0.2,
-                 negative_iou: float = 0.5) -> jax.Array:
-  """Triplet loss of the video-level baseline: query anchor, ground truth positive,
-  the hardest negative.
-
-  ``scores`` are negated squared distances to the query. For each example, the
-  scored candidates whose IoU with the ground truth is below ``negative_iou`` are
-  negatives; the loss is max(0, margin + d(q, positive) - d(q, nearest negative)),
-  averaged over examples that have a negative. The nearest negative is the one
-  inference would pick instead of the ground truth; the mean over all negatives
-  was tried first and measured: on the real recordings most candidates are far
-  from the query, the mean hinge fell below 1e-3 by step 50 while val mAP stayed
-  at 16, so it gave the model almost nothing to learn from.
-
-  Args:
-    scores: float [batch, len_ref, K], -||e(query) - e(candidate)||^2.
-    candidate_mask: bool [batch, len_ref, K], the scored candidates; the ground
-      truth's entry must be among them (a segment longer than K is clipped to its
-      first K steps).
-    segment: int [batch, 2] ground truth ``[s, e)``.
-    example_mask: optional bool [batch].
-    margin: the triplet margin (on squared distances of unit vectors, in [0, 4]).
-    negative_iou: candidates below this IoU with the ground truth are negatives.
-
-  Returns:
-    float32 scalar; 0 when no example has a negative.
-  """
-  len_ref, num_lengths = scores.shape[1], scores.shape[2]
-  valid = _real_candidates(candidate_mask, example_mask)  # [B, Lr, K]
-  iou = candidates.candidate_iou(segment, len_ref, num_lengths)  # [B, Lr, K]
-  negative = valid & (iou < negative_iou)
-  scores = jnp.where(valid, scores.astype(jnp.float32), 0.0)
-  start, k = candidates.candidate_index(segment, num_lengths)  # [B], [B]
-  positive = scores[jnp.arange(scores.shape[0]), jnp.clip(start, 0, len_ref - 1), k]  # [B]
-  nearest = jnp.max(jnp.where(negative, scores, candidates.NEG_INF), axis=(1, 2))  # [B]
-  # d(q, pos) - d(q, neg) = score(neg) - score(pos).
-  hinge = jnp.maximum(0.0, margin + nearest - positive)  # [B]
-  has_negative = negative.any(axis=(1, 2))
-  return jnp.sum(jnp.where(has_negative, hinge, 0.0)) / jnp.maximum(has_negative.sum(), 1)

@@ -68,7 +68,7 @@ def predictions_path(results_path: str) -> str:
   return root + ".predictions.json"
 
 
-def evaluate_predictions(split: str, pairs: Sequence[Any], predicted: np.ndarray,
+def score_predictions(split: str, pairs: Sequence[Any], predicted: np.ndarray,
                          results_path: str | None = None,
                          extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Scores one prediction per evaluation pair and writes the two files.

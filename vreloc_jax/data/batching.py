@@ -27,17 +27,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from vreloc_jax.buckets import bucket_for
 from vreloc_jax.data.features import FeatureStore
 from vreloc_jax.data.pairs import Example, Pair, example_from_pair
-
-
-def bucket_for(length: int, buckets: Sequence[int], what: str = "sequence") -> int:
-  """The smallest bucket that holds ``length`` steps."""
-  for b in buckets:
-    if length <= b:
-      return int(b)
-  raise ValueError(f"a {what} of {length} steps is longer than the largest bucket {max(buckets)}; "
-                   "raise the config's bucket lengths")
 
 
 def local_slice(global_size: int, process_index: int, process_count: int) -> slice:

@@ -3,81 +3,24 @@
   python -m vreloc_jax.data.recordings --out=DIR [--source=japanese_vowels|shoulder_exercises]
       [--seed=0]
 
-The synthetic default is data this project invented; this benchmark is not.
-It takes real recordings (shipped with this package, or inside a registry
-package) and lays them out
-exactly as the ActivityNet re-localization benchmark is laid out, so every
-reader, trainer, baseline and metric of the project runs on it unchanged:
-``train.json`` / ``val.json`` / ``test.json`` (entries ``{"id", "label",
-"location": [a, b], "groundtruth": [s, e]}``), ``length.json``, the features
-as one HDF5 file in the ActivityNet layout (group ``v_<id>``, dataset
-``c3d_features``, one row every 8 "frames", the features on the even rows;
-float32) and a manifest ``recordings.json``.
+The synthetic default is data this project invented; this benchmark is not. It takes
+real recordings (`SOURCES`: the UCI Japanese Vowels utterances shipped with this
+package in ``vreloc_jax/data/japanese_vowels/``, a class per speaker; or the smartwatch
+shoulder exercises of Burns et al. shipped inside the ``seglearn`` package, a class per
+exercise and arm, cut into bouts by `_bouts`, framed by `_motion_steps`) and lays them
+out exactly as the ActivityNet re-localization benchmark is laid out, so every reader,
+trainer, baseline and metric of the project runs on it unchanged: ``train.json`` /
+``val.json`` / ``test.json``, ``length.json``, the features as one HDF5 file in the
+ActivityNet layout (float32) and a manifest ``recordings.json``.
 
-Source (`SOURCES`):
-
-* ``japanese_vowels`` — the UCI *Japanese Vowels* recordings (Kudo, Toyama and
-  Shimbo, Pattern Recognition Letters 20, 1999; UCI Machine Learning
-  Repository, licence CC BY 4.0), from the two ``.ts`` files that the
-  ``sktime`` package ships (``sktime/datasets/data/JapaneseVowels``), copied
-  into this package gzipped (``vreloc_jax/data/japanese_vowels/``; its
-  README.md has the attribution), TRAIN and TEST pooled: 640 utterances of the vowel pair /ae/ by 9 male speakers,
-  each a sequence of 7-29 frames of 12 LPC cepstrum coefficients. A class is a
-  speaker; one utterance is one action instance (one step = one analysis
-  frame). Its lengths match the benchmark's segments (1-32 steps).
-* ``shoulder_exercises`` — the smartwatch recordings of shoulder physiotherapy
-  exercises of Burns et al. (Physiological Measurement 39, 075007, 2018;
-  arXiv:1802.01489), as shipped inside the ``seglearn`` package (BSD-3-Clause,
-  (c) 2018 David M. Burns, who recorded them; ``seglearn/data/
-  watch_dataset.npy``): 140 recordings of a 6-axis inertial sensor (3-axis
-  accelerometer and gyroscope, 50 Hz, 19-52 s each), one per subject (10),
-  exercise (7: pendulum, abduction, forward elevation, internal and external
-  rotation, trapezius extension, upright row) and arm (left, right), each a
-  set of repetitions of one exercise with the watch on the exercising wrist. A
-  class is an exercise with one arm (14 classes; the left and right arm are
-  mirror images in the watch's axes, so different signals); both arms of an
-  exercise always fall in the same split, so val and test exercises are
-  unseen in training in either arm. Features (`_motion_steps`): each channel
-  minus its centred 2 s moving mean (gravity and the slow orientation of the
-  wrist go: what is left is the motion), averaged over 0.1 s blocks (10 Hz),
-  and framed in non-overlapping 1 s steps: one step is its 10 samples of the
-  6 channels, 60-d (the last partial second is dropped). An action instance
-  is a *bout*: every recording is cut into 3 consecutive bouts of at least
-  4 steps at points drawn by a fixed generator (`_bouts`; independent of
-  ``seed``; cut points are redrawn until every bout fits the benchmark's
-  segments of 1-32 steps), so the instances are 4-32 steps. A recording's
-  subject is its *session*.
-
-How the benchmark is laid out (deterministic in ``seed``; the numbers per
-source are fields of `Source`):
-
-* Classes are split into train / val / test by a seeded permutation (5 / 2 / 2
-  speakers; 6 / 4 / 4 exercise-arm classes, that is 3 / 2 / 2 exercises, both
-  arms of an exercise together): the classes of val and test are never seen
-  in training.
-* Every instance of a split's classes is the target of one entry. Its
-  reference ("video") is a stream of K instances (uniform in
-  [``min_instances``, ``max_instances``]: 2-4 utterances, 4-6 bouts) in which
-  the target sits at a uniformly drawn position and the K - 1 others are
-  instances of K - 1 *different* classes other than the target's. Every class
-  appears at most once in a stream, so no query-blind "odd one out" rule finds
-  the target: only the query tells which instance it is. Distractors of train
-  entries come from train classes only (nothing of val or test is ever seen in
-  training); those of val and test entries from the val and test classes
-  together. A source with sessions draws every distractor from the target's
-  session (a subject's session of several exercises, as an untrimmed video is
-  one scene): the target is a minority of its window and its surroundings are
-  the same person, so the reference alone does not tell where it is.
-* The window is the whole stream (``location = [0, n]``); the ground truth is
-  the target's span. Windows are 14-116 steps (Japanese vowels) and 17-119
-  steps (shoulder exercises).
-* Features (a source's instances as `Source.load` gives them) are standardized
-  per channel with the mean and standard deviation of the training classes'
-  frames (as a PCA of C3D features is fitted on training data); nothing else
-  is done to them.
-
-Evaluation pairs are drawn by the project's fixed rule (`pairs.eval_pairs`)
-the first time a split is evaluated, as for any benchmark directory.
+Deterministic in ``seed`` (the numbers per source are fields of `Source`): classes are
+split into train / val / test by a seeded permutation (val and test classes are never
+seen in training); every instance of a split's classes is the target of one entry,
+whose reference (the whole window) is a stream of K instances of K different classes,
+the target at a uniformly drawn position, so only the query tells which instance it is
+(a source with sessions draws the others from the target's session); features are
+standardized per channel with the training classes' statistics. Sources, licences and
+every number: WORKSPACE.md, "The real-recordings benchmark".
 """
 
 from __future__ import annotations

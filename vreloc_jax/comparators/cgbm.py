@@ -2,7 +2,7 @@
 
 Feng, Ma, Liu, Zhang and Luo, "Video Re-localization", ECCV 2018, Sec. 3, as their
 public code implements it (github.com/fengyang0317/video_reloc, TensorFlow 1, MIT).
-Written from the facts below; no code of that repository is reused.
+Written from the facts in docs/comparators.md; no code of that repository is reused.
 
     query [B, Lq, D], reference [B, Lr, D]
       -> aggregation LSTM (one LSTM for both by default)   H^q [B, Lq, d], H^r [B, Lr, d]
@@ -15,120 +15,12 @@ Written from the facts below; no code of that repository is reused.
       -> dropout
       -> localization layer (LSTM -> Dense(4))                  logits [B, Lr, 4]
 
-Channels of the logits: (start, end, inside, outside), as `vreloc_jax.model`. The
+Channels of the logits: (start, end, inside, outside), as `vreloc_jax.relocalizer.model`. The
 call signature and the output dict are `ReLocalizer`'s, so the project's training
 loop, losses and segment search run unchanged.
 
-What the public code says (file names of fengyang0317/video_reloc)
--------------------------------------------------------------------
-
-Architecture (`match.py`, `model_fn`; `match_cell_wrapper.py`):
-
-* Video feature aggregation ("Sec. 3.1" in `match.py`): ONE unidirectional
-  `BasicLSTMCell(mem_dim)` under the variable scope `video_lstm` (reused), run by
-  `dynamic_rnn` with the sequence lengths over the query and then the reference:
-  the query and the reference share its weights. Flag `mem_dim` = 128.
-  Dropout with `keep_prob` = 0.6 (rate 0.4) on both outputs.
-* Matching ("Sec. 3.2"): a bidirectional pass over the reference. The forward
-  direction runs `dynamic_rnn` over the reference, the backward one over
-  `tf.reverse_sequence(reference, len_r)` (each sequence reversed within its valid
-  length), reversed back afterwards. Each direction is its own
-  `BasicLSTMCell(att_dim)` ("forward", "backward"; flag `att_dim` = 128) wrapped by
-  `MatchCellWrapper`, whose step i, with that direction's previous hidden state
-  h^m_{i-1}, does (`match_cell_wrapper.py`, `MatchCellWrapper.call`):
-    1. attention: e_ij = w^T tanh(W^q h^q_j + W^p [h^r_i; h^m_{i-1}] + b^p) + b^w
-       (`fc_hq`: no bias; `fc_hp`: with bias; `fc_g`: one output with bias);
-       a softmax over the valid query steps (`map_fn` slices to `len_q`); the
-       summary is sum_j a_ij h^q_j of the UNPROJECTED aggregated query. The
-       attention vector size is the cell's output size, i.e. `att_dim`.
-    2. cross gating: g^q = sigmoid(W^gq h^r_i + b) multiplies the summary and
-       g^r = sigmoid(W^gr s_i + b) multiplies h^r_i (`gate_q`, `gate_r`); both gates
-       are computed from the un-gated vectors.
-    3. factorized bilinear matching (`bilinear`, default `k` = 8): ONE fully
-       connected layer (scope `bi/fc`, reused for both inputs, with bias) maps each
-       gated vector to n * k values, reshaped [n, k]; output
-       t_n = sum_{m<k} (W x + b)_{n,m} (W y + b)_{n,m}, with n = the input size
-       (`num_outputs=None`), i.e. `mem_dim` = 128. Each output is a symmetric
-       rank-k bilinear form of the two vectors plus linear and constant terms.
-    4. t_i is the input of the direction's LSTM; its output is the direction's.
-  The two directions' outputs are concatenated (2 * `att_dim` = 256), then dropout
-  with keep probability `keep_prob + 0.2` = 0.8 (rate 0.2).
-  The backward wrapper is built with `reuse=tf.AUTO_REUSE` inside the same scope
-  (`att`, then `dynamic_rnn`'s `rnn`) as the forward one: under TF1's layer scoping
-  a layer built with `_reuse` opens its base name (`match_cell_wrapper`) without
-  uniquifying it, so the backward wrapper reads the forward wrapper's variables.
-  Hence (our reading; not stated anywhere): the attention, gate and bilinear layers
-  are SHARED by the two directions, the two LSTMs are not.
-* Localization ("Section 3.3"): one unidirectional `BasicLSTMCell(att_dim)` (scope
-  `pointer`) over the matching outputs with the reference lengths, then a fully
-  connected layer to 4 logits without activation (scope `loc`). The channel order
-  (start, end, inside, outside) is the order in which the loss stacks its labels.
-  No dropout after the matching dropout.
-* Initialization (TF1 defaults, not set by the code): LSTM kernels
-  [input + units, 4 units] Glorot-uniform, biases zero, a constant forget bias of
-  1.0 added to the forget gate (`BasicLSTMCell` default; gate order i, j, f, o);
-  `slim.fully_connected` weights Xavier (Glorot) uniform, biases zero.
-
-Loss (`match.py`): soft labels per step, start one-hot at s, end one-hot at e - 1,
-inside on [s, e), outside elsewhere, each row divided by its sum; softmax
-cross-entropy times 10 at steps with a start or end label (1 elsewhere); mean over
-the valid steps of the batch (`boolean_mask` then `reduce_mean`): exactly
-`vreloc_jax.losses.weighted_cross_entropy`. Weight decay flag 0.0 (an L2 term on
-non-bias variables would be added if it were positive). No co-attention loss.
-
-Training (`match.py` flags and `main`):
-* batch size 128; Adam, learning rate 1e-3, CONSTANT (a piecewise decay at steps
-  200/400/600 is commented out); gradients clipped to global norm 5.0;
-  `max_steps` 1000; checkpoints every 100 steps (100 kept); the estimator's
-  `train_and_evaluate` evaluates on val after each checkpoint (`throttle_secs` 9).
-* Checkpoint selection: by hand, the best val checkpoint (`README.md`:
-  `python eval.py --ckpt_path saving/model.ckpt-(best val ckpt)`); the val metric
-  is `IoU/mean`, the mean over thresholds 0.5...0.9 of the share of IoU > t
-  (`utils.py`, `get_eval_metric`).
-* Data (`input_functions.py`): every train entry is a query (its ground-truth
-  segment); its reference is a uniformly drawn same-label entry whose window is at
-  least as long as the query (the query's own entry included); with probability
-  0.9 the reference window is cropped at random around its segment (start offset
-  uniform in [0, s], end offset uniform in [0, len - e]); shuffle buffer 1024;
-  training batches are bucketed by reference length (`bucket_span` 30,
-  `group_by_window` with window = batch size). Val/test: the same draw with seed 6,
-  no crop, no bucketing. Flags `feat_dim` 500, `max_length` 300 (unused by the
-  model).
-* Inference (`match.py`, `map_body`, "Eq. (11)"): over segment lengths
-  1 ... min(l_r, 64), the segment maximizing log p_start[s] + log p_end[e - 1] +
-  mean of log p_inside over [s, e) (the project's `eval.search_form="benchmark"`).
-
-Choices made here where the code leaves them open or where JAX differs
------------------------------------------------------------------------
-
-* `BasicLSTMCell` below reproduces TF's cell (one kernel over [x; h], gate order
-  i, j, f, o, forget bias 1.0, same initializers), so TF weights map one to one;
-  carries and gate arithmetic are float32 even with `dtype="bfloat16"`.
-* W^q h^q_j does not depend on the step, so it is computed once per query,
-  outside the recurrence (`matching_aggregation/query_projection`); TF recomputes
-  the same values at every step.
-* Sharing: `share_aggregation` (default True, the code's) and `share_matching`
-  (default True, our reading above) can be turned off.
-* Sizes the code ties together are separate fields (`attention_dim`,
-  `matching_dim`, `localization_dim`, all `att_dim` = 128 there); the bilinear
-  output size is the aggregation size (the code's `num_outputs=None`).
-* Padding: inputs are zeroed at padded steps, every LSTM gets the lengths (the
-  reverse direction uses `flip_sequences`, TF's `reverse_sequence`), padded query
-  steps get a -1e9 score (weight exactly 0 in float32), outputs are zeroed at
-  padded steps, logits are 0 there (as `ReLocalizer`). A query without valid
-  steps (a filler) gets a zero summary instead of TF's empty softmax.
-* The `attention` output: the mean of the two directions' attention weights,
-  float32[batch, len_ref, len_query]; each valid row sums to 1 over the valid
-  query steps; 0 at padded reference steps, padded query steps and for an empty
-  query.
-* The score layer's bias (b^w) has no effect (a softmax is shift-invariant; its
-  gradient is 0); it is kept so that the parameter count is TF's.
-
-Parameters at the defaults with D = 500 input features: 997,381 (the TF model's
-count too): aggregation LSTM 4*128*(500+128+1) = 322,048; matching layers
-16,384 (W^q) + 32,896 (W^p, b^p) + 129 (w, b^w) + 2 * 16,512 (gates) + 132,096
-(bilinear, 128 * 1,024 + 1,024) = 214,529; two matching LSTMs 2 * 4*128*(128+128+1)
-= 263,168; localization LSTM 4*128*(256+128+1) = 197,120; classifier 516.
+Where each fact comes from, the choices made where the sources leave them open, and
+the parameter count: docs/comparators.md.
 """
 
 from __future__ import annotations
@@ -141,19 +33,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vreloc_jax.attention import _MASKED_SCORE
-from vreloc_jax.attention import check_pair
-from vreloc_jax.attention import check_sequence
-from vreloc_jax.attention import mask_steps
-from vreloc_jax.model import NUM_CLASSES
-from vreloc_jax.model import _dtype
+from vreloc_jax import family
+from vreloc_jax.comparators.tf_lstm import KERNEL_INIT
+from vreloc_jax.comparators.tf_lstm import BasicLSTMCell
+from vreloc_jax.comparators.tf_lstm import Carry
+from vreloc_jax.inputs import MASKED_SCORE
+from vreloc_jax.inputs import check_sequence
+from vreloc_jax.inputs import mask_steps
+from vreloc_jax.inputs import model_inputs
+from vreloc_jax.losses import NUM_CLASSES
 
-# TF1's defaults: tf.get_variable (LSTM kernels) and slim.fully_connected both use
-# Glorot (Xavier) uniform weights and zero biases.
-_KERNEL_INIT = nn.initializers.xavier_uniform()
 DIRECTIONS = ("forward", "backward")
-
-Carry = tuple[jax.Array, jax.Array]  # (c, h), each float32[batch, units]
 
 
 def cgbm_config() -> ml_collections.ConfigDict:
@@ -171,54 +61,6 @@ def cgbm_config() -> ml_collections.ConfigDict:
   cfg.dropout_matching = 0.2  # On the matching BiLSTM output (1 - (keep_prob + 0.2)).
   cfg.dtype = "float32"  # "float32"/"bfloat16" compute; params, carries, softmaxes float32.
   return cfg
-
-
-class BasicLSTMCell(nn.RNNCellBase):
-  """TF1's `BasicLSTMCell`: z = [x; h] W + b; (i, j, f, o) = split(z);
-  c' = c sigmoid(f + forget_bias) + sigmoid(i) tanh(j); h' = tanh(c') sigmoid(o).
-
-  Attributes:
-    features: number of units.
-    forget_bias: constant added to the forget gate's pre-activation.
-    dtype: computation dtype of the matrix product (gates and carry are float32).
-  """
-
-  features: int
-  forget_bias: float = 1.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, carry: Carry, inputs: jax.Array) -> tuple[Carry, jax.Array]:
-    """One step.
-
-    Args:
-      carry: (c, h), each float32[batch, features].
-      inputs: [batch, input_size].
-
-    Returns:
-      ((c', h'), h') with float32 arrays [batch, features].
-    """
-    c, h = carry
-    x = jnp.concatenate([inputs.astype(jnp.float32), h], axis=-1)  # [B, in + H]
-    kernel = self.param("kernel", _KERNEL_INIT, (x.shape[-1], 4 * self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (4 * self.features,), jnp.float32)
-    z = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                preferred_element_type=jnp.float32) + bias  # [B, 4H]
-    i, j, f, o = jnp.split(z.astype(jnp.float32), 4, axis=-1)
-    new_c = c * jax.nn.sigmoid(f + self.forget_bias) + jax.nn.sigmoid(i) * jnp.tanh(j)
-    new_h = jnp.tanh(new_c) * jax.nn.sigmoid(o)
-    return (new_c, new_h), new_h
-
-  @nn.nowrap
-  def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> Carry:
-    """Zero (c, h) for inputs of shape [*batch, input_size]."""
-    del rng
-    shape = (*input_shape[:-1], self.features)
-    return jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
-
-  @property
-  def num_feature_axes(self) -> int:
-    return 1
 
 
 class AttentiveQuerySummary(nn.Module):
@@ -253,13 +95,13 @@ class AttentiveQuerySummary(nn.Module):
       0 at padded query steps (uniform over the padding, with a zero summary, for a
       query without valid steps).
     """
-    step = nn.Dense(self.attention_dim, kernel_init=_KERNEL_INIT, dtype=self.dtype,
+    step = nn.Dense(self.attention_dim, kernel_init=KERNEL_INIT, dtype=self.dtype,
                     name="step_projection")(
                         jnp.concatenate([reference_step, state], axis=-1))  # [B, a]
     hidden = jnp.tanh(query_keys + step[:, None, :].astype(query_keys.dtype))  # [B, Lq, a]
-    scores = nn.Dense(1, kernel_init=_KERNEL_INIT, dtype=self.dtype,
+    scores = nn.Dense(1, kernel_init=KERNEL_INIT, dtype=self.dtype,
                       name="score")(hidden)[..., 0].astype(jnp.float32)  # [B, Lq]
-    scores = jnp.where(query_mask, scores, _MASKED_SCORE)
+    scores = jnp.where(query_mask, scores, MASKED_SCORE)
     weights = jax.nn.softmax(scores, axis=-1)  # [B, Lq]
     summary = jnp.einsum("bq,bqd->bd", weights, query.astype(jnp.float32))  # [B, d]
     return summary, weights
@@ -290,10 +132,10 @@ class CrossGating(nn.Module):
       (gated reference [batch, d_r], gated summary [batch, d_q]), float32.
     """
     query_gate = jax.nn.sigmoid(nn.Dense(
-        query_summary.shape[-1], kernel_init=_KERNEL_INIT, dtype=self.dtype,
+        query_summary.shape[-1], kernel_init=KERNEL_INIT, dtype=self.dtype,
         name="query_gate")(reference_step).astype(jnp.float32))  # [B, d_q]
     reference_gate = jax.nn.sigmoid(nn.Dense(
-        reference_step.shape[-1], kernel_init=_KERNEL_INIT, dtype=self.dtype,
+        reference_step.shape[-1], kernel_init=KERNEL_INIT, dtype=self.dtype,
         name="reference_gate")(query_summary).astype(jnp.float32))  # [B, d_r]
     return (reference_step.astype(jnp.float32) * reference_gate,
             query_summary.astype(jnp.float32) * query_gate)
@@ -333,7 +175,7 @@ class BilinearMatching(nn.Module):
       raise ValueError(f"bilinear matching: rank must be >= 1 and features >= 0, got "
                        f"{self.rank}, {self.features}")
     features = self.features or x.shape[-1]
-    projection = nn.Dense(features * self.rank, kernel_init=_KERNEL_INIT, dtype=self.dtype,
+    projection = nn.Dense(features * self.rank, kernel_init=KERNEL_INIT, dtype=self.dtype,
                           name="projection")
     px = projection(x).astype(jnp.float32).reshape(*x.shape[:-1], features, self.rank)
     py = projection(y).astype(jnp.float32).reshape(*y.shape[:-1], features, self.rank)
@@ -450,7 +292,7 @@ class MatchingAggregation(nn.Module):
     query = mask_steps(query, query_mask)  # [B, Lq, d]
 
     def project(name: str) -> jax.Array:  # W^q h^q_j, hoisted out of the recurrence
-      return nn.Dense(self.attention_dim, use_bias=False, kernel_init=_KERNEL_INIT,
+      return nn.Dense(self.attention_dim, use_bias=False, kernel_init=KERNEL_INIT,
                       dtype=self.dtype, name=name)(query)  # [B, Lq, a]
     if self.share_matching:
       keys = project("query_projection")
@@ -503,7 +345,7 @@ class LocalizationLayer(nn.Module):
     lengths = mask.sum(axis=1).astype(jnp.int32)  # [B]
     cell = BasicLSTMCell(self.features, self.forget_bias, dtype=self.dtype, parent=None)
     h = nn.RNN(cell, name="lstm")(mask_steps(x, mask), seq_lengths=lengths)  # [B, Lr, l]
-    logits = nn.Dense(NUM_CLASSES, kernel_init=_KERNEL_INIT, dtype=self.dtype,
+    logits = nn.Dense(NUM_CLASSES, kernel_init=KERNEL_INIT, dtype=self.dtype,
                       name="classifier")(h)  # [B, Lr, 4]
     return mask_steps(logits.astype(jnp.float32), mask)
 
@@ -539,11 +381,8 @@ class CGBM(nn.Module):
           at each reference step, mean of the two matching directions; 0 at padded
           reference or query steps.
     """
-    cfg = self.config.model if "model" in self.config else self.config
-    dtype = _dtype(cfg.dtype)
-    check_pair(query, query_mask, reference, reference_mask)
-    query_mask = query_mask.astype(bool)
-    reference_mask = reference_mask.astype(bool)
+    cfg, dtype, query_mask, reference_mask = model_inputs(self.config, query, query_mask,
+                                                          reference, reference_mask)
     query_lengths = query_mask.sum(axis=1).astype(jnp.int32)  # [B]
     reference_lengths = reference_mask.sum(axis=1).astype(jnp.int32)  # [B]
 
@@ -576,3 +415,13 @@ class CGBM(nn.Module):
         "probs": jax.nn.softmax(logits, axis=-1),
         "attention": attention,
     }
+
+
+class CGBMFamily(family.StepLabeling):
+  """CGBM in the harness: per-step outputs like the paper's model, trained the same way
+  (its configuration weighs the cross-entropy alone); its attention rows are query steps."""
+
+  name = "cgbm"
+  title = "CGBM"
+  module_class = CGBM
+  attention_rows = "query step"

@@ -26,46 +26,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Large negative score for masked positions. Finite (not -inf) so that a row with no
-# valid position gives a uniform softmax instead of NaN; scores are in float32.
-_MASKED_SCORE = -1e9
+from vreloc_jax.inputs import MASKED_SCORE
+from vreloc_jax.inputs import check_sequence
+from vreloc_jax.inputs import mask_steps
 
 AttentionGroup = tuple[int, int, int]  # (num_heads, kernel_size, dilation)
-
-
-def mask_steps(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """Zeroes the padded steps of a sequence.
-
-  Args:
-    x: [batch, length, features] values.
-    mask: bool[batch, length], True at valid steps.
-
-  Returns:
-    [batch, length, features], `x` at valid steps and 0 at padded steps (in the
-    dtype of `x`; uses `where`, so NaN or inf padding content is removed too).
-  """
-  return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
-
-
-def check_pair(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
-               reference_mask: jax.Array) -> None:
-  """`check_sequence` on both inputs of a model, and that they share batch and features."""
-  check_sequence("query", query, query_mask)
-  check_sequence("reference", reference, reference_mask)
-  if query.shape[0] != reference.shape[0] or query.shape[2] != reference.shape[2]:
-    raise ValueError(
-        f"query {query.shape} and reference {reference.shape} must share batch size "
-        "and feature dimension")
-
-
-def check_sequence(name: str, x: jax.Array, mask: jax.Array) -> None:
-  """Raises ValueError unless `x` is [batch, length, features] with a matching mask."""
-  if x.ndim != 3:
-    raise ValueError(f"{name}: expected [batch, length, features], got shape {x.shape}")
-  if mask.shape != x.shape[:2]:
-    raise ValueError(
-        f"{name}_mask: expected shape {x.shape[:2]} (batch, length of {name}), "
-        f"got {mask.shape}")
 
 
 def normalize_groups(groups: Sequence[Sequence[int]]) -> tuple[AttentionGroup, ...]:
@@ -169,7 +134,7 @@ class MultiscaleAttention(nn.Module):
     scores = jnp.einsum("brhd,bqhd->bhrq", r, q,
                         preferred_element_type=jnp.float32)  # [B, heads, Lr, Lq]
     scores = scores.astype(jnp.float32) / math.sqrt(self.head_dim)
-    scores = jnp.where(reference_mask[:, None, :, None], scores, _MASKED_SCORE)
+    scores = jnp.where(reference_mask[:, None, :, None], scores, MASKED_SCORE)
     weights = jax.nn.softmax(scores, axis=2)  # over reference frames
     query_valid = query_mask[:, None, None, :].astype(jnp.float32)  # [B, 1, 1, Lq]
     query_count = jnp.maximum(query_mask.sum(axis=1), 1).astype(jnp.float32)  # [B]
@@ -237,7 +202,7 @@ class SelfAttention(nn.Module):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
                         preferred_element_type=jnp.float32)  # [B, h, L, L]
     scores = scores.astype(jnp.float32) / math.sqrt(self.head_dim)
-    scores = jnp.where(mask[:, None, None, :], scores, _MASKED_SCORE)
+    scores = jnp.where(mask[:, None, None, :], scores, MASKED_SCORE)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # over keys
     heads = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, L, h, d_k]
     out = heads.reshape(*heads.shape[:2], self.num_heads * self.head_dim)  # [B, L, h*d_k]

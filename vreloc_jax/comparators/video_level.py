@@ -4,7 +4,7 @@ A row of the AAAI 2020 paper's Table 4 (full supervision): "VL Baseline" 24.3 /
 17.4 / 12.0 / 5.9 / 2.2 top-1 mAP at IoU 0.5 ... 0.9, 12.4 on average. One LSTM
 encodes the query and every candidate segment of the reference into a unit vector;
 a candidate's score is its negated squared distance to the query's vector, and the
-best-scoring candidate is the prediction (`vreloc_jax.candidates.best_candidate`).
+best-scoring candidate is the prediction (`candidates.best_candidate`).
 
     query [B, Lq, D] --Dense--> [B, Lq, E] --dropout-->  (one row per query)
     reference [B, Lr, D] --Dense--> [B, Lr, E] --dropout--> windows [B * S, K, E]
@@ -15,79 +15,13 @@ best-scoring candidate is the prediction (`vreloc_jax.candidates.best_candidate`
         of the segment [s, s+k+1)
     score(s, k) = -|| q/|q| - h[s, k]/|h[s, k]| ||^2                     [B, Lr, K]
 
-The output is the candidate grid of `vreloc_jax.candidates` (entry (s, k) is the
-segment [s, s+k+1)), the interface `vreloc_jax.train` expects of segment-scoring
-models; the training loss is `vreloc_jax.losses.triplet_loss` (query anchor,
-ground-truth segment positive, low-IoU candidates negatives).
+The output is the candidate grid of `vreloc_jax.comparators.candidates` (entry (s, k)
+is the segment [s, s+k+1)), what `candidates.CandidateScoring` expects; the training
+loss is `vreloc_jax.comparators.losses.triplet_loss` (query anchor, ground-truth
+segment positive, low-IoU candidates negatives).
 
-Facts used, and where they come from
-------------------------------------
-
-* AAAI 2020 paper (the project's seed text, /work/shared/seeds/
-  001_575b5020e5a2029e.txt, "Competing Methods", line ~234): the video-level
-  baseline of Feng et al. 2018 obtains its prediction "by using a LSTM to encode
-  each video segment in the reference video into a vector, and finding the
-  segment most similar to that of the query video"; "the weights in LSTM are
-  updated by minimizing the triplet loss". Hence: one LSTM (shared by the query
-  and the segments, as "that of the query video" implies one encoder), a vector
-  per segment, nearest segment wins, triplet loss. Its Table 4 row (above) is the
-  number to compare with.
-* ECCV 2018 paper (arXiv 1808.01575): the stored copies this project can search
-  (deepai.org, fdocuments.us, link.springer.com) give only its abstract and
-  introduction, not the section that describes the baselines, so no detail of the
-  baseline is taken from it. Its public code (github.com/fengyang0317/video_reloc:
-  README, match.py, eval.py, ...) contains only the CGBM model, not this baseline.
-* From the authors' code for CGBM (see `vreloc_jax.cgbm`), reused here as the
-  dataset's conventions only: 500-d C3D features (flag `feat_dim`), LSTM sizes 128.
-
-Choices left open by the sources, made here
--------------------------------------------
-
-* Candidates: all segments of 1 ... K steps (`num_lengths`, 32 by default: the
-  benchmark's query segments are 1-32 features long), every start.
-* Encoder: a Dense projection of the features to `embed_dim` (128; saves compute
-  on 500-d features, applied once per step and shared by the K windows that
-  contain it), then flax's `OptimizedLSTMCell` (`hidden_dim` 128; gates i, f, g,
-  o; no forget bias; default initializers: LeCun-normal input kernels, orthogonal
-  recurrent kernels, zero biases; Dense: LeCun-normal kernel, zero bias). The
-  embedding of a sequence is the LSTM's hidden state after its last valid step,
-  L2-normalized (a zero vector, e.g. an empty query, stays zero).
-* Every candidate is encoded from a zero state, alone: the window trick computes
-  the embeddings of all K lengths of one start in ONE K-step scan (the hidden state
-  after k + 1 steps is that of [s, s+k+1)); the starts are extra batch rows. Cost:
-  Lr * K LSTM steps per reference, instead of Lr * K^2 / 2 for encoding the
-  segments one by one. The query rows join the same batch, so the whole forward
-  pass is one scan of max(Lq, K) sequential steps (the windows' steps past K, when
-  the padded query is longer than K, are computed and ignored; with the benchmark's
-  query bucket of 32 and K = 32 there are none).
-* Distance: squared Euclidean of unit vectors (= 2 - 2 cos, in [0, 4]); score =
-  its negation, so higher is more similar.
-* Dropout `dropout` = 0.2 on the projected features (query and reference) in
-  training, nothing else. The reference is dropped out once per step, before the
-  windows are cut, so a step has the same mask in every window that contains it.
-* Training (`deterministic=False` with `segment`): only the ground truth's start
-  and `train_starts` (4) other starts are scored, drawn uniformly without
-  replacement among the reference's valid starts other than the ground truth's
-  (all of them if there are fewer); every length of a scored start is scored, so
-  5 x 32 candidates per reference. Why 4 (16 at first): a training step scores
-  (1 + train_starts) x 32-step LSTM windows per reference, and with 16 the
-  synthetic default's 1000 steps ran at 0.25 steps/s on the 2-core reference
-  machine (beside another run): an hour for the cheapest comparator. The
-  draw uses the "dropout" rng stream (`make_rng("dropout")`), the only one the
-  harness passes; nothing else is needed. With `deterministic=True` the segment is
-  ignored and every start is scored (the evaluation grid), so a validation loss
-  needs no rng; with `segment=None` every start is scored too.
-* Computation dtype `dtype` ("float32" or "bfloat16") for the Dense and the LSTM
-  matmuls; normalization and scores are float32; parameters are float32.
-
-Padding: inputs are zeroed at padded steps before the projection (NaN or inf there
-cannot leak), projected features are zeroed at padded steps, the query's embedding
-is read after its last valid step (an empty query's is 0), and a valid candidate's
-window only holds valid steps; invalid grid entries are 0.0.
-
-Parameters at the defaults with D = 500 input features: 195,712 = projection
-500 * 128 + 128 = 64,128 + LSTM 4 * (128 * 128 + 128 * 128 + 128) = 131,584
-(input kernels, recurrent kernels, biases).
+Where each fact comes from, the choices made where the sources leave them open, and
+the parameter count: docs/comparators.md.
 """
 
 from __future__ import annotations
@@ -97,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vreloc_jax import candidates
-from vreloc_jax.attention import check_pair
-from vreloc_jax.attention import mask_steps
-from vreloc_jax.model import _dtype
+from vreloc_jax.comparators import candidates
+from vreloc_jax.comparators import losses
+from vreloc_jax.inputs import mask_steps
+from vreloc_jax.inputs import model_inputs
 
 _EPS = 1e-12  # Squared norm below which a vector is left unnormalized (a zero vector).
 
@@ -115,6 +49,13 @@ def video_level_config() -> ml_collections.ConfigDict:
   cfg.train_starts = 4  # Random starts scored per reference in training, besides the ground truth's.
   cfg.dtype = "float32"  # Computation dtype of the projection and LSTM: float32 | bfloat16.
   return cfg
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for sizes or a dropout rate the baseline cannot have."""
+  if int(cfg.num_lengths) < 1 or cfg.train_starts < 0 or not 0.0 <= cfg.dropout < 1.0:
+    raise ValueError(f"video_level: num_lengths must be >= 1, train_starts >= 0 and dropout "
+                     f"in [0, 1); got {cfg.num_lengths}, {cfg.train_starts}, {cfg.dropout}")
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -191,20 +132,15 @@ class VideoLevel(nn.Module):
         'candidate_mask' bool [batch, len_ref, K]: inside the reference's valid
           steps and scored (in evaluation, `candidates.candidate_mask`).
     """
-    cfg = self.config.model if "model" in self.config else self.config
-    dtype = _dtype(cfg.dtype)
+    cfg, dtype, query_mask, reference_mask = model_inputs(self.config, query, query_mask,
+                                                          reference, reference_mask)
+    check_config(cfg)
     num_lengths = int(cfg.num_lengths)
-    if num_lengths < 1 or cfg.train_starts < 0 or not 0.0 <= cfg.dropout < 1.0:
-      raise ValueError(f"video_level: num_lengths must be >= 1, train_starts >= 0 and dropout "
-                       f"in [0, 1); got {num_lengths}, {cfg.train_starts}, {cfg.dropout}")
-    check_pair(query, query_mask, reference, reference_mask)
     batch, len_ref = reference.shape[0], reference.shape[1]
     sampled = segment is not None and not deterministic
     if sampled and tuple(segment.shape) != (batch, 2):
       raise ValueError(f"segment: expected shape {(batch, 2)} ([s, e) per example), got "
                        f"{tuple(segment.shape)}")
-    query_mask = query_mask.astype(bool)
-    reference_mask = reference_mask.astype(bool)
     query_lengths = query_mask.sum(axis=1).astype(jnp.int32)  # [B]
     reference_lengths = reference_mask.sum(axis=1).astype(jnp.int32)  # [B]
 
@@ -255,3 +191,24 @@ class VideoLevel(nn.Module):
       grid, mask = scores, inside
     return {"candidate_scores": jnp.where(mask, grid, 0.0).astype(jnp.float32),
             "candidate_mask": mask}
+
+
+class VideoLevelFamily(candidates.CandidateScoring):
+  """The video-level baseline in the harness: trained with the triplet loss; confidence:
+  1 - d^2 / 4 of the predicted segment (d: the distance of unit vectors)."""
+
+  name = "video_level"
+  title = "video-level baseline"
+  module_class = VideoLevel
+  loss_name = "loss_t"
+  check_model = staticmethod(check_config)
+
+  def candidate_loss(self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
+                     ) -> jax.Array:
+    return losses.triplet_loss(outputs["candidate_scores"], outputs["candidate_mask"],
+                               batch["segment"], batch["example_mask"],
+                               margin=self.config.loss.triplet_margin,
+                               negative_iou=self.config.loss.negative_iou)
+
+  def confidence(self, best: jax.Array) -> jax.Array:
+    return 1.0 + best / 4.0

@@ -22,15 +22,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vreloc_jax import recurrence
-from vreloc_jax.attention import MultiscaleAttention
-from vreloc_jax.attention import SelfAttention
-from vreloc_jax.attention import check_pair
-from vreloc_jax.attention import frame_similarity
-from vreloc_jax.attention import mask_steps
-from vreloc_jax.attention import normalize_groups
-
-NUM_CLASSES = 4  # (start, end, inside, outside)
+from vreloc_jax import family
+from vreloc_jax.inputs import mask_steps
+from vreloc_jax.inputs import model_inputs
+from vreloc_jax.losses import NUM_CLASSES
+from vreloc_jax.relocalizer import recurrence
+from vreloc_jax.relocalizer.attention import MultiscaleAttention
+from vreloc_jax.relocalizer.attention import SelfAttention
+from vreloc_jax.relocalizer.attention import frame_similarity
+from vreloc_jax.relocalizer.attention import normalize_groups
 
 # Table 1 of the paper: 8 heads each of (kernel size, dilation) (1,1), (3,1), (3,2),
 # (3,3), (3,4); 32 kernels per head (model_config().head_dim).
@@ -43,9 +43,6 @@ VARIANTS = ("base", "multiscale", "selfatt", "full")
 # Initial weight of the frame-level score in each logit (start, end, inside, outside) with
 # model.frame_similarity_residual: higher similarity, more inside, less outside.
 RESIDUAL_SIMILARITY_INIT = (0.0, 0.0, 1.0, -1.0)
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def model_config() -> ml_collections.ConfigDict:
   """Returns the default model section of the configuration (the paper's full model)."""
@@ -96,10 +93,11 @@ def apply_variant(model_cfg: ml_collections.ConfigDict, variant: str) -> ml_coll
   return cfg
 
 
-def _dtype(name: str) -> Any:
-  if name not in _DTYPES:
-    raise ValueError(f"model dtype must be one of {sorted(_DTYPES)}, got {name!r}")
-  return _DTYPES[name]
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a model section the model cannot run."""
+  if cfg.get("query_blind", False) and not cfg.use_self_attention:
+    raise ValueError("model.query_blind needs model.use_self_attention: without the query "
+                     "the predictor reads only H^satt")
 
 
 class FeatureMapping(nn.Module):
@@ -143,7 +141,7 @@ class LocalizationPredictor(nn.Module):
   Both recurrent layers get the reference lengths, so the backward direction of the
   BiLSTM starts at the last valid step, and forward outputs at valid steps never see
   padding. BiLSTM outputs are zeroed at padded steps. The parameters are the same
-  whichever implementation runs the LSTMs (`vreloc_jax.recurrence`).
+  whichever implementation runs the LSTMs (`vreloc_jax.relocalizer.recurrence`).
 
   Attributes:
     lstm_dim: hidden size of each BiLSTM direction and of the second LSTM.
@@ -217,16 +215,10 @@ class ReLocalizer(nn.Module):
         'attention' [batch, len_ref, heads] H^matt; 0 at padded steps (no heads
           when `query_blind`).
     """
-    cfg = self.config.model if "model" in self.config else self.config
-    dtype = _dtype(cfg.dtype)
-    check_pair(query, query_mask, reference, reference_mask)
-    query_mask = query_mask.astype(bool)
-    reference_mask = reference_mask.astype(bool)
-
+    cfg, dtype, query_mask, reference_mask = model_inputs(self.config, query, query_mask,
+                                                          reference, reference_mask)
+    check_config(cfg)
     query_blind = cfg.get("query_blind", False)
-    if query_blind and not cfg.use_self_attention:
-      raise ValueError("model.query_blind needs model.use_self_attention: without the query "
-                       "the predictor reads only H^satt")
     h_ref = FeatureMapping(cfg.hidden_dim, cfg.map_kernel_size, dtype=dtype,
                            name="reference_mapping")(reference, reference_mask)  # [B, Lr, d_h]
     features = []
@@ -266,3 +258,28 @@ class ReLocalizer(nn.Module):
         "probs": jax.nn.softmax(logits, axis=-1),
         "attention": attention,
     }
+
+
+class ReLocalizerFamily(family.StepLabeling):
+  """The paper's model in the harness (`vreloc_jax.family.StepLabeling`)."""
+
+  name = "relocalizer"
+  module_class = ReLocalizer
+  check_model = staticmethod(check_config)
+
+  @classmethod
+  def check(cls, config: ml_collections.ConfigDict) -> None:
+    if config.variant not in VARIANTS:
+      raise ValueError(f"unknown model variant {config.variant!r}; expected one of {VARIANTS}")
+    super().check(config)
+
+  @classmethod
+  def portable(cls, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The scan LSTM: cuDNN's custom call is neither stable under jax.export nor
+    shape-polymorphic (`recurrence`); the parameters are the same."""
+    config.model.lstm_implementation = "scan"
+    return config
+
+  @property
+  def title(self) -> str:
+    return f"ours ({self.config.variant} model)"

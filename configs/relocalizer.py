@@ -1,0 +1,82 @@
+"""The paper's model: the config arguments weak.py and full.py take, and what they set.
+
+``configs/weak.py:ARGS`` and ``configs/full.py:ARGS``, comma-separated, in any order:
+
+* ``base`` | ``multiscale`` | ``selfatt`` | ``full``: the paper's ablation variants of
+  the model (default ``full``);
+* ``alpha=X``: the co-attention loss's α;
+* ``recordings[=SOURCE]``: the real-recordings benchmark (`vreloc_jax.data.recordings`,
+  default source japanese_vowels) instead of the synthetic default; val every 25
+  steps at most (its val split is small and its full-supervision curve peaks at steps
+  100-125);
+* ``frame_similarity``: (an extension) the predictor also reads the frame-level
+  similarity to the query (`vreloc_jax.relocalizer.attention.frame_similarity`);
+* ``frame_similarity_residual``: (an extension) that similarity added to the logits
+  (inside +, outside −) through a learned weight, so that the untrained model already
+  ranks windows as the frame-level baseline does;
+* ``inference=RULE``: the inference rule, which also gives the co-attention masks:
+  ``weak`` (the paper's longest run above the mean p_inside), ``full`` (start/end
+  search), ``query_length`` (an extension: the query-long window of highest
+  p_inside) or ``windows``; ``query_length`` alone is short for
+  ``inference=query_length``;
+* ``windows``: (an extension) the window co-attention objective
+  (`vreloc_jax.losses.window_coattention_loss`) and, unless ``inference`` is given,
+  its inference rule; ``windows=both``: that objective added to the paper's loss;
+* ``query_blind``: a control that never reads the query (the predictor sees only the
+  reference's self-attention features): what a model finds without knowing what it
+  is looking for;
+* ``quick``: a tiny run for tests and smoke checks (`configs.default.quick`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import arguments
+from configs import default
+from vreloc_jax import family
+from vreloc_jax.relocalizer import model
+
+# Words that stand for an argument's value.
+ALIASES = {**{variant: ("variant", variant) for variant in model.VARIANTS},
+           "query_length": ("inference", "query_length")}
+# The model's sizes in a ``quick`` run.
+QUICK_SIZES = dict(hidden_dim=16, head_dim=4, lstm_dim=16, self_attention_head_dim=4)
+
+
+def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
+  """The arguments of the module docstring, parsed (`configs.arguments.parse_arg`)."""
+  return arguments.parse_arg(
+      arg, aliases=ALIASES,
+      variant=arguments.Arg("full", choices=model.VARIANTS),
+      alpha=0.3,
+      recordings=default.RECORDINGS,
+      frame_similarity=False,
+      frame_similarity_residual=False,
+      inference=arguments.Arg("", choices=family.INFERENCES),
+      windows=arguments.Arg("", bare="windows", choices=("windows", "both")),
+      query_blind=False,
+      quick=False)
+
+
+def apply(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict
+          ) -> ml_collections.ConfigDict:
+  """Sets ``config`` (weak.py's or full.py's defaults) as the parsed ``args`` ask."""
+  config.variant = args.variant
+  config.loss.alpha = args.alpha
+  if args.recordings:
+    config.data.recordings = args.recordings
+    # Val (139 pairs) costs seconds; full supervision peaks at steps 100-125 (README).
+    config.train.eval_every = min(config.train.eval_every, 25)
+  config.model.frame_similarity = args.frame_similarity
+  config.model.frame_similarity_residual = args.frame_similarity_residual
+  if args.windows:
+    config.loss.coattention_form = args.windows
+    config.eval.inference = "windows"
+  if args.inference:
+    config.eval.inference = args.inference
+  config.model.query_blind = args.query_blind
+  if args.quick:
+    default.quick(config, QUICK_SIZES)
+  config.model = model.apply_variant(config.model, config.variant)
+  return config

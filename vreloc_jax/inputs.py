@@ -1,0 +1,80 @@
+"""What every model does with its inputs: checks, padding masks, its configuration, its dtype.
+
+Every model (the paper's and the comparators) takes ``(query [B, Lq, D], query_mask
+[B, Lq], reference [B, Lr, D], reference_mask [B, Lr])``; masks are bool, True at valid
+steps, which come first. `model_inputs` is the prologue they share.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# Score of a masked position before a softmax. Finite (not -inf), so that a row with no
+# valid position gives a uniform softmax instead of NaN; scores are float32.
+MASKED_SCORE = -1e9
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> Any:
+  """The jnp dtype of a model's ``dtype`` field ("float32" or "bfloat16")."""
+  if name not in DTYPES:
+    raise ValueError(f"model dtype must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
+def mask_steps(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Zeroes the padded steps of a sequence.
+
+  Args:
+    x: [batch, length, features] values.
+    mask: bool[batch, length], True at valid steps.
+
+  Returns:
+    [batch, length, features], `x` at valid steps and 0 at padded steps (in the
+    dtype of `x`; uses `where`, so NaN or inf padding content is removed too).
+  """
+  return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
+
+
+def check_sequence(name: str, x: jax.Array, mask: jax.Array) -> None:
+  """Raises ValueError unless `x` is [batch, length, features] with a matching mask."""
+  if x.ndim != 3:
+    raise ValueError(f"{name}: expected [batch, length, features], got shape {x.shape}")
+  if mask.shape != x.shape[:2]:
+    raise ValueError(
+        f"{name}_mask: expected shape {x.shape[:2]} (batch, length of {name}), "
+        f"got {mask.shape}")
+
+
+def check_pair(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
+               reference_mask: jax.Array) -> None:
+  """`check_sequence` on both inputs of a model, and that they share batch and features."""
+  check_sequence("query", query, query_mask)
+  check_sequence("reference", reference, reference_mask)
+  if query.shape[0] != reference.shape[0] or query.shape[2] != reference.shape[2]:
+    raise ValueError(
+        f"query {query.shape} and reference {reference.shape} must share batch size "
+        "and feature dimension")
+
+
+def model_inputs(config: ml_collections.ConfigDict, query: jax.Array, query_mask: jax.Array,
+                 reference: jax.Array, reference_mask: jax.Array
+                 ) -> tuple[ml_collections.ConfigDict, Any, jax.Array, jax.Array]:
+  """The prologue of every model's ``__call__``: its section, dtype and checked bool masks.
+
+  Args:
+    config: the model section, or a full configuration (its ``model`` section is used).
+    query, query_mask, reference, reference_mask: the model's inputs (module docstring).
+
+  Returns:
+    ``(model section, compute dtype, query_mask, reference_mask)``, the masks as bool.
+  """
+  cfg = config.model if "model" in config else config
+  dtype = compute_dtype(cfg.dtype)
+  check_pair(query, query_mask, reference, reference_mask)
+  return cfg, dtype, query_mask.astype(bool), reference_mask.astype(bool)

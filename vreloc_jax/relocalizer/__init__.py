@@ -1,0 +1,1 @@
+"""The paper's model: `model` (ReLocalizer and its family), `attention`, `recurrence`."""
