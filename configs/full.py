@@ -16,19 +16,17 @@ recordings with ``:recordings``):
 (`configs.relocalizer`);
 set ``--config.loss.coattention_weight=0`` for the loss_w-only row.
 
-Expected result (test split, top-1 mAP avg over IoU 0.5…0.9): see the
-table in README.md ("Results"), measured with these exact commands; on the
-real recordings 78.9, 71.6, 72.7 with seeds 0-2 (frame-level baseline 61.6;
-the query-blind control ``:query_blind`` 33.0); on the synthetic default
-(generator v4) 40.4 (frame-level 11.9, the query-blind control 12.0). The
+Expected (test top-1 mAP avg; docs/results.md): synthetic v5 32.4 (seed 0;
+frame-level 8.8, the query-blind control ``:query_blind`` 16.6); Japanese
+Vowels 78.9, 71.6, 72.7 with seeds 0-2 (frame-level 61.6, query-blind 33.0);
+shoulder exercises (``:recordings=shoulder_exercises``) 58.2, 42.0, 64.5. The
 tested checkpoint is the best by val mAP (the benchmark authors' practice:
 full supervision reads annotations anyway).
 
 Schedule: the paper's (learning rate 1e-3, ÷10 at step 200), 300 steps, val
 every 100 steps (every 25 with ``:recordings``); on the real recordings val
-mAP rises until steps 100-125 and is flat after; on the synthetic default it
-rises to step 300 (32, 37, 43) and stays there when
-run on to 600 steps (43, 43, 43; test 41.2 against 40.4).
+mAP rises until steps 100-125 and is flat after; on v5 it still rises at
+step 300 (22, 30, 36; on generator v4 it was flat from step 300 to 600).
 
 ``:frame_similarity`` (an extension: the predictor also reads the
 frame-level similarity to the query) measured 80.3 on the real recordings,

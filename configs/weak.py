@@ -2,77 +2,47 @@
 
 Trains with the co-attention loss only: no segment annotation of any
 reference is read (the training split is divided by video into a query part
-and a reference part), and by default none is read to choose the tested
-checkpoint either.
-
-Commands (synthetic default benchmark, generated once and cached; the real
-recordings with ``:recordings``):
+and a reference part), and none is read to choose the tested checkpoint.
 
   python -m vreloc_jax.main --config=configs/weak.py --workdir=/tmp/weak
   python -m vreloc_jax.main --config=configs/weak.py:recordings --workdir=/tmp/weak-jv
   python -m vreloc_jax.main --config=configs/weak.py:recordings=shoulder_exercises \
     --workdir=/tmp/weak-sx
 
-Variants: ``configs/weak.py:base`` (and ``multiscale``, ``selfatt``),
-``:alpha=0.5``, ``:inference=weak`` (the paper's inference rule),
-``:windows`` (an extension: the window co-attention objective and its rule),
-``:frame_similarity``, ``:frame_similarity_residual`` (extensions: the
-frame-level score as an input, or added to the logits; on the real recordings
-53.2 and 56.5, neither above the frame-level baseline, so neither is the
-default); ``:quick`` for a tiny smoke run. On real features:
+Expected (test top-1 mAP avg, seeds 0-2; docs/results.md): synthetic v5 6.4 ±
+0.3 (6.7, 6.3, 6.2), below its training-free rows (prior 9.8, frame-level
+8.8); Japanese Vowels 52.9 ± 3.2 (55.2, 49.2, 54.3; frame-level 61.6);
+shoulder exercises 7.2 ± 1.6 (frame-level 3.0, prior 5.5).
+
+Arguments (`configs.relocalizer`): ``base``, ``multiscale``, ``selfatt``
+(the paper's ablations), ``alpha=X``, ``inference=weak`` (the paper's
+inference rule), ``windows[=both]`` (the window co-attention objective, an
+extension), ``frame_similarity[_residual]`` (input extensions),
+``query_blind``, ``recordings[=SOURCE]``, ``quick``. On real features:
 ``--config.data.dir=DIR [--config.data.features=FILE]``.
 
-Expected result (test split, top-1 mAP avg over IoU 0.5…0.9), measured with
-these exact commands: README.md ("Results"); on the real recordings 55.2
-(seed 0; 49.2 and 54.3 with ``--config.seed=1`` and ``2``)
-(frame-level baseline 61.6, statistical prior 13.5); on the synthetic
-default (generator v4) 8.4, no better than the prior (9.8; frame-level 11.9):
-there an instance's mean input feature equals its context's, and the
-co-attention loss compares mean input features, so it has nothing to find
-(its exhaustive search scores 7.4; README.md, "Synthetic default").
-
-On the smartwatch shoulder exercises (real, ActivityNet-like profile) 7.2 ±
-1.6 over seeds 0-2 (8.7, 7.5, 5.5; frame-level 3.0, prior 5.5).
-
-Decided here, with the evidence (README.md, "Results", has the curves):
-* Objective and rule, across the three benchmarks we have (README.md, "Weak
-  supervision across benchmarks", three seeds): the paper's loss with the
-  query-length rule (the default) and the window co-attention objective
-  (``:windows``) both beat the paper's rule everywhere (Japanese Vowels 52.9
-  and 53.9 against 18.9; shoulder exercises 7.2 and 4.7 against 1.3; the
-  positive control 2.9 and 17.9 against 0.0); neither beats the other
-  everywhere (``windows`` +15 on the control, level on the vowels, -2.5 on
-  the exercises), so the default stays and ``windows`` is an option.
-* Inference rule: ``query_length`` (an extension, not the paper's): the
-  window as long as the query with the highest total p_inside
-  (`vreloc_jax.segments.search_query_length`); it also gives the co-attention
-  masks after step 100. The paper's rule, the longest run of p_inside above
-  its mean, is ``:inference=weak``. Why: the co-attention objective rewards
-  concentrating p_inside on the part of the action that best matches the
-  query, so under the paper's rule the predicted segment shrinks as training
-  goes on (real recordings: median predicted length 11 steps at step 25, 6 at
-  step 175, ground truth 13) and val mAP peaks at step 25 and falls (16.4 ->
-  about 6); on the synthetic default it fell from 45.1 to 11.6. The query's
-  length is an input, not an annotation, and the frame-level baseline uses it
-  the same way. With it the same training keeps its val mAP (real recordings:
-  24 -> 29) and tests at 55.2 instead of 21.4 (both selected without
-  annotations); on synthetic generator v3 29.6 instead of 12.8 (the paper's
-  rule reaches 50.9 there only with the step-25 checkpoint chosen by val
-  annotations, helped by that generator's shared action direction); on v4
-  8.4 instead of 0.0.
+Decided here, with the evidence (docs/results.md, "Weak supervision across
+benchmarks"; the rule: the paper's method unless an extension beats it on
+every benchmark by more than the seed spread):
+* Inference rule: ``query_length`` (an extension): the window as long as the
+  query with the highest total p_inside (`segments.search_query_length`); it
+  also gives the co-attention masks after step 100. The paper's rule (the
+  longest run of p_inside above its mean, ``:inference=weak``) collapses on
+  every benchmark: the objective concentrates p_inside, so the run shrinks
+  as training goes on. Query-length against the paper's rule: v5 6.4 against
+  0.1, Japanese Vowels 52.9 against 18.9, shoulder exercises 7.2 against
+  1.3, the positive control 2.9 against 0.0. The query's length is an input,
+  not an annotation; the frame-level baseline uses it the same way.
+* Objective: the paper's. ``:windows`` also beats the paper's rule
+  everywhere but not the default everywhere (v5 6.7, level; Japanese Vowels
+  53.9, level; shoulder exercises 4.7, 2.5 below; the control 17.9, 15
+  above), so it is an option.
 * Checkpoint: the lowest val co-attention loss of the predictions
-  (``eval.select = "min_loss_c"``), which reads no annotation. Measured on
-  the real recordings: with the query-length rule val loss_c and val mAP move
-  together (Spearman -0.31 between loss and mAP); with the paper's rule they
-  move apart (+0.30: the loss keeps falling as the segments shrink), so no
-  annotation-free selection rescues the paper's rule there. The run also
-  reports the checkpoint of best val mAP (the benchmark authors' practice;
-  it reads the val annotations) as a second, labelled row
-  (``results/test_best.json``).
+  (``eval.select = "min_loss_c"``), which reads no annotation; the best-val-mAP
+  checkpoint (the benchmark authors' practice) is reported beside it,
+  labelled (``results/test_best.json``).
 * Schedule: the paper's, 100 steps without masks and 100 with them at
-  learning rate 1e-3 (the ÷10 at step 200 falls after the end); on the real
-  recordings val mAP is flat after step 100 with the query-length rule, so
-  longer training is not called for.
+  learning rate 1e-3; on the real recordings val mAP is flat after step 100.
 * Self-attention output: h·d_k = 64 (eq. 9), no output projection;
   feature-mapping convolution: kernel 3 (not given in the paper).
 """
