@@ -40,13 +40,13 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
   # pylint: disable=g-import-not-at-top  (jax only once the flags are good)
-  from vreloc_jax import sharding
+  from vreloc_jax import distributed
   from vreloc_jax.features import extractor as extractor_lib
   from vreloc_jax.features import progress as progress_lib
   from vreloc_jax.features import store as store_lib
   from vreloc_jax.features import video
-  sharding.quiet_library_logs()
-  sharding.enable_compilation_cache()
+  distributed.quiet_library_logs()
+  distributed.enable_compilation_cache()
   with cli.one_line_errors(PROGRAM):
     paths = video.find_videos(FLAGS.videos)
     extractor = extractor_lib.from_flags(FLAGS)

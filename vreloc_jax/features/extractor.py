@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vreloc_jax import configuration
 from vreloc_jax import sharding
 from vreloc_jax.features import c3d
 from vreloc_jax.features import mean as mean_lib
@@ -82,7 +83,7 @@ class Extractor:
                        "one process per host on its own videos")
     self.arch = arch
     self.mesh = sharding.make_mesh()
-    sharding.check_batch_size(clip_batch, self.mesh, "--clip_batch")
+    configuration.check_batch_size(clip_batch, "--clip_batch", self.mesh.size)
     self.clip_batch = clip_batch
     self.settings = settings
     self._pca = pca
