@@ -16,8 +16,9 @@ recordings with ``:recordings``):
 (`configs.relocalizer`);
 set ``--config.loss.coattention_weight=0`` for the loss_w-only row.
 
-Expected (test top-1 mAP avg; docs/results.md): synthetic v5 32.4 (seed 0;
-frame-level 8.8, the query-blind control ``:query_blind`` 16.6); Japanese
+Expected (test top-1 mAP avg; docs/results.md): synthetic v5 32.4, 32.5, 34.1
+with seeds 0-2 (frame-level 8.8, the query-blind control ``:query_blind``
+16.6); Japanese
 Vowels 78.9, 71.6, 72.7 with seeds 0-2 (frame-level 61.6, query-blind 33.0);
 shoulder exercises (``:recordings=shoulder_exercises``) 58.2, 42.0, 64.5. The
 tested checkpoint is the best by val mAP (the benchmark authors' practice:

@@ -30,7 +30,7 @@ every benchmark by more than the seed spread):
   longest run of p_inside above its mean, ``:inference=weak``) collapses on
   every benchmark: the objective concentrates p_inside, so the run shrinks
   as training goes on. Query-length against the paper's rule: v5 6.4 against
-  0.1, Japanese Vowels 52.9 against 18.9, shoulder exercises 7.2 against
+  0.1 (three seeds), Japanese Vowels 52.9 against 18.9, shoulder exercises 7.2 against
   1.3, the positive control 2.9 against 0.0. The query's length is an input,
   not an annotation; the frame-level baseline uses it the same way.
 * Objective: the paper's. ``:windows`` also beats the paper's rule
