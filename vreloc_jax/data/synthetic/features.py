@@ -117,8 +117,7 @@ class World:
     return self._projection
 
 
-def subspaces(seed: int, params: Params) -> tuple[np.random.Generator,
-                                                                       np.ndarray]:
+def subspaces(seed: int, params: Params) -> tuple[np.random.Generator, np.ndarray]:
   """The seed's random rotation (the latent subspaces' bases) and the stream that drew it."""
   rng = np.random.default_rng([seed, 1])
   dims = params.class_dim + params.appearance_dim + params.background_dim
@@ -216,8 +215,8 @@ def _context_atoms(own: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _latent(pieces: Sequence[Piece], n_feat: int, class_index: int, world: World,
-               params: FeatureParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """Class and appearance parts of one video : [n_feat, class_dim], [n_feat, appearance_dim]."""
+            params: FeatureParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Class and appearance parts of one video: [n_feat, class_dim], [n_feat, appearance_dim]."""
   tiles = _tile(pieces, n_feat, class_index, rng)
   own = world.class_atoms[class_index]
   # Each inner boundary: where the content changes (within half a step of the annotated
@@ -262,7 +261,7 @@ def _latent(pieces: Sequence[Piece], n_feat: int, class_index: int, world: World
 
 
 def _latent_control(pieces: Sequence[Piece], n_feat: int, world: World, params: ControlParams,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """Class and appearance parts of one video (the positive control)."""
   class_coords = np.zeros((n_feat, params.class_dim))
   appearance = np.zeros((n_feat, params.appearance_dim))
