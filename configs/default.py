@@ -49,7 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   loss.mask_after_steps = 100  # Co-attention masks from the predicted segment from this step on.
   loss.coattention_form = "paper"  # paper: eqs. 13-18, soft per-step pooling | windows: the
   # criterion's distribution over candidate windows as target (losses.window_coattention_loss),
-  # logged as loss_cw | both: their sum.
+  # logged as loss_cw | both: their sum | pseudo: cross-entropy toward the criterion's best
+  # window (losses.pseudo_label_loss), logged as loss_cp.
   loss.window_temperature = 0.2  # windows form: the target's temperature, in standard
   # deviations of each example's criterion over its candidate windows.
 

@@ -19,9 +19,16 @@
   search), ``query_length`` (an extension: the query-long window of highest
   p_inside) or ``windows``; ``query_length`` alone is short for
   ``inference=query_length``;
-* ``windows``: (an extension) the window co-attention objective
-  (`vreloc_jax.losses.window_coattention_loss`) and, unless ``inference`` is given,
-  its inference rule; ``windows=both``: that objective added to the paper's loss;
+* ``objective=NAME``: the co-attention objective (``loss.coattention_form``) and,
+  unless ``inference`` is given, the rule that suits it (`OBJECTIVE_RULES`):
+  ``paper`` (eqs. 13-18; with weak supervision the query-length rule, the paper's
+  own collapses), ``pseudo`` (an extension: self-training on the co-attention
+  criterion, the weighted cross-entropy toward the window the criterion ranks first,
+  `vreloc_jax.losses.pseudo_label_loss`; start/end search), ``windows`` (an
+  extension: the window co-attention objective,
+  `vreloc_jax.losses.window_coattention_loss`; its window rule) or ``both``
+  (windows plus the paper's loss); ``pseudo``, ``windows`` and ``windows=both``
+  alone are short for them;
 * ``query_blind``: a control that never reads the query (the predictor sees only the
   reference's self-attention features): what a model finds without knowing what it
   is looking for;
@@ -39,7 +46,13 @@ from vreloc_jax.relocalizer import model
 
 # Words that stand for an argument's value.
 ALIASES = {**{variant: ("variant", variant) for variant in model.VARIANTS},
-           "query_length": ("inference", "query_length")}
+           "query_length": ("inference", "query_length"),
+           "pseudo": ("objective", "pseudo"), "windows": ("objective", "windows"),
+           "windows=both": ("objective", "both")}
+# The inference rule each co-attention objective brings (`apply`); "paper" keeps the
+# config's own rule with full supervision.
+OBJECTIVE_RULES = {"pseudo": "full", "windows": "windows", "both": "windows"}
+WEAK_PAPER_RULE = "query_length"  # The paper's objective's rule under weak supervision.
 # The model's sizes in a ``quick`` run.
 QUICK_SIZES = dict(hidden_dim=16, head_dim=4, lstm_dim=16, self_attention_head_dim=4)
 
@@ -54,7 +67,7 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
       frame_similarity=False,
       frame_similarity_residual=False,
       inference=arguments.Arg("", choices=family.INFERENCES),
-      windows=arguments.Arg("", bare="windows", choices=("windows", "both")),
+      objective=arguments.Arg("", choices=family.COATTENTION_FORMS, meta="NAME"),
       query_blind=False,
       quick=False)
 
@@ -70,9 +83,11 @@ def apply(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict
     config.train.eval_every = min(config.train.eval_every, 25)
   config.model.frame_similarity = args.frame_similarity
   config.model.frame_similarity_residual = args.frame_similarity_residual
-  if args.windows:
-    config.loss.coattention_form = args.windows
-    config.eval.inference = "windows"
+  if args.objective:
+    config.loss.coattention_form = args.objective
+    weak = config.supervision == "weak"
+    config.eval.inference = OBJECTIVE_RULES.get(
+        args.objective, WEAK_PAPER_RULE if weak else config.eval.inference)
   if args.inference:
     config.eval.inference = args.inference
   config.model.query_blind = args.query_blind

@@ -59,6 +59,8 @@ _PAPER_FORMS = [
     "quick,base,alpha=0.5", "quick,recordings", "recordings,quick", "windows,recordings",
     "recordings,windows=both", "quick,windows", "quick,windows=both", "quick,query_blind",
     "quick,recordings=shoulder_exercises", "windows,inference=weak",
+    "pseudo", "objective=pseudo", "objective=paper", "objective=paper,inference=weak",
+    "recordings,objective=paper", "quick,pseudo,query_length", "pseudo,windows",
 ]
 _COMPARATOR_FORMS = [None, "quick", "recordings", "recordings=shoulder_exercises",
                      "quick,recordings", "recordings,quick"]

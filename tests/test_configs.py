@@ -23,7 +23,7 @@ def test_val_cadence(module, arg, every):
 def test_windows_argument_sets_the_objective_and_its_rule():
   config = weak.get_config("windows,recordings")
   assert config.loss.coattention_form == "windows" and config.eval.inference == "windows"
-  assert weak.get_config(None).loss.coattention_form == "paper"
+  assert weak.get_config(None).loss.coattention_form == "pseudo"
   both = weak.get_config("recordings,windows=both")
   assert both.loss.coattention_form == "both" and both.eval.inference == "windows"
 
@@ -50,3 +50,16 @@ def test_arguments_are_declared_by_each_config_file_and_order_never_matters():
     with pytest.raises(ValueError, match=f"unknown config argument '{arg}'; expected one of "
                        r"recordings\[=SOURCE\], quick"):
       cgbm.get_config(arg)
+
+
+def test_pseudo_argument_sets_the_self_training_objective():
+  config = weak.get_config("pseudo,recordings")
+  assert config.loss.coattention_form == "pseudo" and config.eval.inference == "full"
+  # An explicit inference rule wins, in either order.
+  for arg in ("pseudo,inference=query_length", "query_length,pseudo"):
+    assert weak.get_config(arg).eval.inference == "query_length"
+  with pytest.raises(ValueError, match="'pseudo' and 'windows' both set objective"):
+    weak.get_config("pseudo,windows")
+  paper = weak.get_config("objective=paper")
+  assert paper.loss.coattention_form == "paper" and paper.eval.inference == "query_length"
+  assert full.get_config("objective=paper").eval.inference == "full"

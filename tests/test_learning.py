@@ -1,4 +1,4 @@
-"""Learning still works: a small model trained for about a minute on real recordings.
+"""Learning still works: a small model trained for a minute or two.
 
 The model is the paper's, shrunk by the configs' own ``quick`` argument; the data
 is the real-recordings benchmark (`vreloc_jax.data.recordings`, Japanese Vowels:
@@ -12,6 +12,15 @@ test mAP_avg, statistical prior 13.5, frame-level 61.6:
   weak supervision (its default query-length rule), seeds 0-3: 48.3, 49.5, 41.4, 41.9
   (min 41.4 = prior + 27.9); with the paper's longest-run rule: 43.8, 51.7, 36.7, 33.5.
 The test asks for prior + MARGIN with MARGIN well under the smallest of them.
+
+And the weak objective's positive control (`vreloc_jax.data.synthetic.POSITIVE_CONTROL`
+at a tenth of its size, 98 test pairs; statistical prior 5.9, frame-level 0.4, the
+criterion's own search 22.7): the self-training objective (``configs/weak.py:pseudo``)
+learns there, the paper's objective does not. Measured before the margin was set (200
+steps, batch 32), seeds 0-3: ``pseudo`` with the query-length rule 16.9, 16.5, 12.9, 12.0
+(min = prior + 6.1); with its own start/end rule 2.2, 26.7, 22.7, 16.1 (too erratic for a
+test at this size); the paper's objective (query-length rule, 100 steps), seeds 0-1: 2.2,
+2.0.
 """
 
 from __future__ import annotations
@@ -24,9 +33,33 @@ import pytest
 from configs import full as full_config
 from configs import weak as weak_config
 from vreloc_jax import train
+from vreloc_jax.data import synthetic
 
 STEPS = 100
 MARGIN = {"full": 20.0, "weak": 15.0}  # Points of mAP_avg over the statistical prior.
+CONTROL_STEPS = 200
+CONTROL_MARGIN = 3.0  # Points of mAP_avg over the statistical prior on the control.
+
+
+def _shrink(config, steps: int):
+  """The configuration of a short CI run (one learning rate, one evaluation)."""
+  config.train.batch_size = 32
+  config.train.num_steps = steps
+  config.train.decay_every = 10 * steps  # One learning rate for so short a run.
+  config.train.eval_every = steps
+  config.train.log_every = steps
+  config.train.checkpoint_every = steps
+  config.loss.mask_after_steps = steps // 2
+  config.eval.batch_size = 128
+  # XLA's own level, as the margins were measured (here steps cost more than compiling),
+  # which this test session otherwise sets to 0 (conftest.py).
+  config.compile.cpu_optimization_level = 3
+  return config
+
+
+def _prior(workdir: str) -> float:
+  with open(os.path.join(workdir, "results", "baselines_test.json")) as f:
+    return json.load(f)["stat_prior"]["mAP_avg"]
 
 
 @pytest.mark.parametrize("supervision", ["full", "weak"])
@@ -34,18 +67,18 @@ def test_small_model_beats_the_prior_on_real_recordings(vowels, tmp_path, superv
   config = {"full": full_config, "weak": weak_config}[supervision].get_config("quick,recordings")
   config.data.dir = vowels
   config.data.reference_buckets = (128,)  # Streams are at most 116 steps: one program.
-  config.train.batch_size = 32
-  config.train.num_steps = STEPS
-  config.train.decay_every = 10 * STEPS  # One learning rate for so short a run.
-  config.train.eval_every = STEPS
-  config.train.log_every = STEPS
-  config.train.checkpoint_every = STEPS
-  config.loss.mask_after_steps = STEPS // 2
-  config.eval.batch_size = 128
-  # XLA's own level, as the margins were measured (here steps cost more than compiling),
-  # which this test session otherwise sets to 0 (conftest.py).
-  config.compile.cpu_optimization_level = 3
-  results = train.train_and_evaluate(config, str(tmp_path / supervision))
-  with open(os.path.join(tmp_path, supervision, "results", "baselines_test.json")) as f:
-    prior = json.load(f)["stat_prior"]["mAP_avg"]
+  workdir = str(tmp_path / supervision)
+  results = train.train_and_evaluate(_shrink(config, STEPS), workdir)
+  prior = _prior(workdir)
   assert results["mAP_avg"] >= prior + MARGIN[supervision], (results["mAP_avg"], prior)
+
+
+def test_self_training_learns_the_positive_control(tmp_path):
+  data = str(tmp_path / "control")
+  synthetic.generate(data, scale=0.1, params=synthetic.POSITIVE_CONTROL)  # 3 s, 143 MB
+  config = weak_config.get_config("quick,pseudo,query_length")
+  config.data.dir = data
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(_shrink(config, CONTROL_STEPS), workdir)
+  prior = _prior(workdir)
+  assert results["mAP_avg"] >= prior + CONTROL_MARGIN, (results["mAP_avg"], prior)

@@ -334,3 +334,47 @@ def test_window_coattention_optimum_is_the_criterion_best_window():
     best = int(np.argmax(criterion[b, :int(lengths[b]) - lq + 1]))
     assert predicted[b].tolist() == [best, best + lq]
   assert predicted[3].tolist() == [0, 0]
+
+
+# --------------------------------------------------- self-training on the criterion (extension)
+
+
+def test_criterion_segments_are_the_exhaustive_search_of_the_baseline():
+  from vreloc_jax import baselines
+  rng = np.random.default_rng(8)
+  lengths, query_lengths = [20, 13, 6, 1, 5], [4, 7, 6, 3, 2]  # row 2: query as long as it
+  batch, len_ref, lq, dim = len(lengths), 20, 7, 6
+  reference = rng.normal(size=(batch, len_ref, dim)).astype(np.float32)
+  query = rng.normal(size=(batch, lq, dim)).astype(np.float32)
+  reference_mask = np.arange(len_ref)[None] < np.array(lengths)[:, None]
+  query_mask = np.arange(lq)[None] < np.array(query_lengths)[:, None]
+  found = np.asarray(jax.jit(losses.criterion_segments, static_argnums=(4, 5))(
+      query, query_mask, reference, reference_mask, (1.0,), ALPHA))
+  for b, (n, m) in enumerate(zip(lengths, query_lengths)):
+    expected = baselines.coattention_segment(query[b, :m], reference[b, :n], ALPHA,
+                                             query_length=True)
+    assert tuple(found[b]) == expected, b
+
+
+def test_pseudo_label_loss_is_the_cross_entropy_toward_the_criterion_window():
+  rng = np.random.default_rng(9)
+  batch, len_ref, lq, dim = 3, 12, 3, 5
+  reference = jnp.asarray(rng.normal(size=(batch, len_ref, dim)), jnp.float32)
+  query = jnp.asarray(rng.normal(size=(batch, lq, dim)), jnp.float32)
+  logits = jnp.asarray(rng.normal(size=(batch, len_ref, 4)), jnp.float32)
+  reference_mask = jnp.arange(len_ref)[None] < jnp.array([12, 9, 7])[:, None]
+  query_mask = jnp.ones((batch, lq), bool)
+  example_mask = jnp.array([True, True, False])  # the last is a filler
+  targets = losses.criterion_segments(query, query_mask, reference, reference_mask, (1.0,),
+                                      ALPHA)
+  value = losses.pseudo_label_loss(logits, query, query_mask, reference, reference_mask,
+                                   (1.0,), ALPHA, example_mask=example_mask)
+  expected = losses.weighted_cross_entropy(logits, targets, reference_mask, example_mask)
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
+  # Only the logits carry a gradient; the filler's content never enters.
+  grad = jax.grad(losses.pseudo_label_loss, argnums=(0, 3))(
+      logits, query, query_mask, reference, reference_mask, (1.0,), ALPHA,
+      example_mask=example_mask)
+  assert np.abs(np.asarray(grad[0][:2])).sum() > 0
+  np.testing.assert_array_equal(grad[0][2], 0.0)
+  np.testing.assert_array_equal(grad[1], 0.0)

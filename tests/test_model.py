@@ -345,7 +345,8 @@ def test_model_config_defaults():
       "head_dim": 32, "attention_relative": True, "use_self_attention": True,
       "self_attention_heads": 2,
       "self_attention_head_dim": 32, "self_attention_out": 0, "frame_similarity": False,
-      "frame_similarity_residual": False, "query_blind": False, "lstm_dim": 128, "dropout_in": 0.4, "dropout_out": 0.2,
+      "frame_similarity_residual": False, "query_blind": False,
+      "lstm_dim": 128, "dropout_in": 0.4, "dropout_out": 0.2,
       "lstm_implementation": "auto", "dtype": "float32"}
 
 

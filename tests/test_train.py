@@ -98,7 +98,7 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path, monkeypat
   assert [v for _, v in scalars["train/loss"]] == pytest.approx(
       [r["loss"] for r in records if "loss" in r])
   assert [s for s, _ in scalars["val/mAP_avg"]] == [2, 4] and "val/mAP_0.5" in scalars
-  assert {"train/loss_c", "train/grad_norm", "val/loss_c"} <= set(scalars)
+  assert {"train/loss_cp", "train/grad_norm", "val/loss_c"} <= set(scalars)
   for step in (2, 4):
     (png,) = os.listdir(os.path.join(straight, "plots", f"step{step}"))
     with open(os.path.join(straight, "plots", f"step{step}", png), "rb") as f:
@@ -133,6 +133,24 @@ def test_weak_run_resume_and_checkpoint_evaluation(data_dir, tmp_path, monkeypat
   assert again["checkpoint_step"] == results["checkpoint_step"]
   with pytest.raises(ValueError, match="no checkpoint for step 3"):
     evaluate.score_checkpoint(straight, "3", "test")
+
+
+def test_weak_run_with_the_papers_objective_predicts_query_long_windows(data_dir, tmp_path):
+  """The paper's loss (masks from step 2 on) trains, with its query-length rule."""
+  config = weak_config.get_config("quick,objective=paper")
+  quick = tiny_config("weak", data_dir)
+  config.data, config.train, config.loss.mask_after_steps = quick.data, quick.train, 2
+  config.eval.batch_size, config.eval.baselines = 8, ("stat_prior",)
+  results = train.train_and_evaluate(config, str(tmp_path / "paper"))
+  records = [json.loads(line) for line in open(tmp_path / "paper" / "metrics.jsonl")]
+  losses_c = [r["loss_c"] for r in records if "loss" in r]
+  assert len(losses_c) == 4 and all(0 < x < 1 for x in losses_c), losses_c
+  assert results["inference"] == "query_length"
+  predictions = json.load(open(tmp_path / "paper" / "results" / "test.predictions.json"))
+  for p in predictions["predictions"]:
+    query = p["query"]["segment"][1] - p["query"]["segment"][0]
+    window = p["reference"]["window"][1] - p["reference"]["window"][0]
+    assert p["predicted"][1] - p["predicted"][0] == min(query, window), p
 
 
 @pytest.mark.parametrize("arg,terms", [("windows", {"loss_cw"}),
@@ -219,7 +237,7 @@ def test_four_devices_and_two_processes_match_one_device(data_dir, tmp_path):
   assert "processes 2" in outs[0]
   runs["2 processes"] = two
   records = [json.loads(line) for line in open(tmp_path / "w1" / "metrics.jsonl")]
-  assert all("loss_c" in r and "loss_w" not in r for r in records if "loss" in r)
+  assert all("loss_cp" in r and "loss_w" not in r for r in records if "loss" in r)
   adam_bound = config.train.learning_rate * config.train.num_steps  # |update| <= lr per step
   losses = lambda w: [r["loss"] for r in map(json.loads, open(w / "metrics.jsonl")) if "loss" in r]
   for name, path in runs.items():

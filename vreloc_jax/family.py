@@ -30,7 +30,7 @@ Batch = dict[str, jax.Array]
 # The inference rules of step-labeling models (`predict_segments`).
 INFERENCES = ("weak", "full", "query_length", "windows")
 # The forms of the co-attention loss (``loss.coattention_form``; `StepLabeling.loss`).
-COATTENTION_FORMS = ("paper", "windows", "both")
+COATTENTION_FORMS = ("paper", "windows", "both", "pseudo")
 
 
 def coattention_form(config: ml_collections.ConfigDict) -> str:
@@ -158,6 +158,12 @@ class StepLabeling(Family):
           reference_mask, tuple(config.eval.window_scales), config.loss.alpha,
           config.loss.window_temperature, example_mask=example_mask)
       total += config.loss.coattention_weight * terms["loss_cw"]
+    if config.loss.coattention_weight > 0 and form == "pseudo":
+      terms["loss_cp"] = losses.pseudo_label_loss(
+          outputs["logits"], batch["query"], batch["query_mask"], batch["reference"],
+          reference_mask, tuple(config.eval.window_scales), config.loss.alpha,
+          example_mask=example_mask)
+      total += config.loss.coattention_weight * terms["loss_cp"]
     if config.loss.coattention_weight > 0 and form in ("paper", "both"):
       coatt = functools.partial(losses.coattention_loss, batch["query"], batch["query_mask"],
                                 batch["reference"], reference_mask, outputs["probs"],

@@ -348,3 +348,72 @@ def window_coattention_loss(log_probs: jax.Array, query: jax.Array, query_mask: 
   per_example = -jnp.sum(jnp.where(valid, tau * log_pi, 0.0), axis=1)  # [B]
   real = query_mask.any(axis=1) & reference_mask.any(axis=1)  # [B]
   return jnp.sum(jnp.where(real, per_example, 0.0)) / jnp.maximum(real.sum(), 1)
+
+
+def criterion_segments(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
+                       reference_mask: jax.Array, scales: tuple[float, ...],
+                       alpha: float) -> jax.Array:
+  """The candidate window of highest co-attention criterion (`window_criterion`) per pair.
+
+  The exhaustive search of `baselines.coattention_segments` (``query_length``) over
+  the windows of ``round(scale * query length)`` steps, jit-able: a window needs a
+  background (it is shorter than the reference) unless the reference is one step,
+  in which case it is the whole reference. It reads no annotation.
+
+  Args:
+    query, query_mask, reference, reference_mask: as `coattention_loss`.
+    scales: the candidate window lengths as multiples of the query length.
+    alpha: α of eq. 18.
+
+  Returns:
+    int32[batch, 2] ``[s, e)``; ``[0, length)`` where no window qualifies.
+  """
+  lengths = reference_mask.astype(bool).sum(axis=1).astype(jnp.int32)  # [B]
+  query_lengths = query_mask.astype(bool).sum(axis=1).astype(jnp.int32)  # [B]
+  windows = segments.window_lengths(query_lengths, lengths, scales)  # [B, K]
+  criterion = window_criterion(query, query_mask, reference, reference_mask, windows,
+                               alpha)  # [B, Lr, K]
+  n = windows[:, None, :]  # [B, 1, K]
+  starts = jnp.arange(reference.shape[1])[None, :, None]  # [1, Lr, 1]
+  valid = (starts + n <= lengths[:, None, None]) & ((n < lengths[:, None, None])
+                                                    | (lengths[:, None, None] == 1))
+  batch = criterion.shape[0]
+  flat = jnp.where(valid, criterion, -jnp.inf).reshape(batch, -1)  # [B, Lr * K]
+  best = jnp.argmax(flat, axis=1).astype(jnp.int32)  # [B]
+  start, k = best // len(scales), best % len(scales)
+  end = start + jnp.take_along_axis(windows, k[:, None], axis=1)[:, 0]  # [B]
+  found = valid.reshape(batch, -1).any(axis=1)  # [B]
+  return jnp.stack([jnp.where(found, start, 0), jnp.where(found, end, lengths)],
+                   axis=1).astype(jnp.int32)  # [B, 2]
+
+
+def pseudo_label_loss(logits: jax.Array, query: jax.Array, query_mask: jax.Array,
+                      reference: jax.Array, reference_mask: jax.Array,
+                      scales: tuple[float, ...], alpha: float,
+                      example_mask: jax.Array | None = None) -> jax.Array:
+  """Self-training on the co-attention criterion (an extension of eqs. 13-19).
+
+  Each pair's target is the window its co-attention criterion ranks first
+  (`criterion_segments`, on the input features, so held fixed), and the loss is
+  the weighted cross-entropy of full supervision (eq. 19) toward it. The paper's
+  soft loss has a lower optimum than the target segment (scattered query-like
+  steps inside, outliers outside); this one's optimum is a segment, and its
+  gradient is the dense per-step signal under which full supervision learns.
+  It reads no annotation.
+
+  Args:
+    logits: float[batch, len_ref, 4].
+    query, query_mask, reference, reference_mask: as `coattention_loss`.
+    scales: the candidate window lengths as multiples of the query length.
+    alpha: α of eq. 18.
+    example_mask: optional bool[batch]; False examples (fillers) are ignored.
+
+  Returns:
+    float32 scalar; 0 when nothing is valid.
+  """
+  query_mask = _valid_steps(query_mask, example_mask)  # [B, Lq]
+  valid = _valid_steps(reference_mask, example_mask)  # [B, Lr]
+  targets = jax.lax.stop_gradient(criterion_segments(
+      query, query_mask, reference, valid, scales, alpha))  # [B, 2]
+  real = query_mask.any(axis=1) & valid.any(axis=1)  # [B]
+  return weighted_cross_entropy(logits, targets, reference_mask, real)
