@@ -141,8 +141,9 @@ class StepLabeling(Family):
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``loss.coattention_weight`` times the co-attention loss (``loss.coattention_form``:
     the paper's eqs. 13-18, masked by the predicted segment from ``loss.mask_after_steps``
-    on; the window objective; or both) plus ``loss.cross_entropy_weight`` times the
-    weighted cross-entropy (annotated references only)."""
+    on; the window objective; both; or self-training toward the criterion's best window)
+    plus ``loss.cross_entropy_weight`` times the weighted cross-entropy (annotated
+    references only)."""
     config = self.config
     reference_mask = batch["reference_mask"]  # [batch, len_ref]
     example_mask = batch["example_mask"]  # [batch]

@@ -105,16 +105,16 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, family: family_lib.Fa
   Returns:
     The family's prediction (`family.Family.predict`) and ``loss_c``, float32 [batch]:
     the co-attention loss of each example with the masks of its predicted segment (what
-    weak training minimizes once masks are on; uniform regions for the window
-    objective, which scores windows so); it reads no annotation.
+    weak training minimizes once masks are on; uniform regions for the window and
+    self-training objectives, which score windows so); it reads no annotation.
   """
   prediction = family.predict(family.apply(params, batch), batch)
   action_mask = losses.segment_mask(prediction["segments"],
                                     batch["reference_mask"].shape[1])  # [batch, len_ref]
   region_probs = prediction["probs"]  # [batch, len_ref, 4]
   if family_lib.coattention_form(config) != "paper":
-    # Uniform weights on each region: the criterion of the predicted window, as that
-    # objective scores windows (`losses.window_criterion`).
+    # Uniform weights on each region: the criterion of the predicted window, as those
+    # objectives score windows (`losses.window_criterion`).
     region_probs = jnp.stack([jnp.zeros_like(action_mask), jnp.zeros_like(action_mask),
                               action_mask, ~action_mask], axis=-1).astype(jnp.float32)
   loss_c = losses.coattention_per_example(
