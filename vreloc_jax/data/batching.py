@@ -202,23 +202,41 @@ def eval_layouts(pairs: Sequence[Pair], global_batch_size: int, query_buckets: S
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
-  """Runs ``iterator`` in a background thread, ``size`` items ahead."""
+  """Runs ``iterator`` in a background thread, ``size`` items ahead.
+
+  An error in ``iterator`` is raised in the consumer; a consumer that stops early
+  (closes the generator) also stops the thread.
+  """
   q: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
   done = object()
+
+  def put(item) -> bool:  # False once the consumer has gone.
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def worker():
     try:
       for item in iterator:
-        q.put(item)
-      q.put(done)
-    except BaseException as e:  # Hand the error to the consumer.
-      q.put(e)
+        if not put(item):
+          return
+      put(done)
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised by the consumer)
+      put(e)
 
   threading.Thread(target=worker, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is done:
-      return
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

@@ -13,8 +13,6 @@ what the output records about it.
 
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Any, Callable, Iterable, Iterator
 
 from absl import flags
@@ -24,6 +22,7 @@ import numpy as np
 
 from vreloc_jax import configuration
 from vreloc_jax import sharding
+from vreloc_jax.data import batching
 from vreloc_jax.features import c3d
 from vreloc_jax.features import mean as mean_lib
 from vreloc_jax.features import pca as pca_lib
@@ -187,43 +186,8 @@ class Extractor:
         decoded[0] += 1
         yield frame
 
-    rows = self(_prefetch(video.clips(counted(), stride)), on_batch)
+    rows = self(batching.prefetch(video.clips(counted(), stride), size=64), on_batch)
     return rows, decoded[0]
-
-
-def _prefetch(items: Iterator[Any], depth: int = 64) -> Iterator[Any]:
-  """``items`` produced by a thread, up to ``depth`` ahead (decoding beside the devices)."""
-  buffer: queue.Queue = queue.Queue(depth)
-  stop = threading.Event()
-  done = object()
-
-  def produce() -> None:
-    try:
-      for item in items:
-        while not stop.is_set():
-          try:
-            buffer.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
-          return
-      buffer.put(done)
-    except BaseException as e:  # pylint: disable=broad-except  (re-raised by the consumer)
-      buffer.put(e)
-
-  thread = threading.Thread(target=produce, daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = buffer.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
 
 
 def build(weights: str | None, pca: str | None = None, input_mean: str | None = None,

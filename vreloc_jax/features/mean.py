@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
+from vreloc_jax import exported
 from vreloc_jax.features import video
-from vreloc_jax.features import weights as weights_lib
 
 FALLBACK_BGR = (105.70, 115.76, 127.54)
 CUBE_SHAPE = (3, video.CLIP_FRAMES, *video.RESIZE_HW)  # (c, l, h, w) as C3D stores it.
@@ -100,4 +100,4 @@ def load(path: str) -> tuple[np.ndarray, dict[str, str]]:
                      f"{[*CUBE_SHAPE[1:], 3]}")
   cropped = np.stack([video.crop(frame) for frame in cube])  # [16, 112, 112, 3]
   return np.ascontiguousarray(cropped), {"file": os.path.abspath(path),
-                                         "sha256": weights_lib.sha256(path)}
+                                         "sha256": exported.sha256_file(path)}

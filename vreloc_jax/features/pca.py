@@ -16,6 +16,7 @@ import os
 import h5py
 import numpy as np
 
+from vreloc_jax import exported
 from vreloc_jax.features import weights as weights_lib
 
 DIMS = 500  # The benchmark's feature dimension.
@@ -48,15 +49,9 @@ def load(path: str, in_dim: int = 4096, dims: int = DIMS) -> tuple[PCA, dict[str
     ValueError: the file is missing, unreadable, or not of that layout (the message says
       what was expected and found).
   """
-  if not os.path.isfile(path):
-    raise ValueError(f"PCA file {path} does not exist")
   expected = (f"expected datasets data/U [{in_dim}, >= {dims}] and data/x_mean [{in_dim}] "
               "(ActivityNet's PCA_activitynet_v1-3.hdf5)")
-  try:
-    f = h5py.File(path, "r")
-  except OSError as e:
-    raise ValueError(f"PCA file {path} is not a readable HDF5 file: {e}") from None
-  with f:
+  with weights_lib.open_hdf5(path, "PCA file") as f:
     group = f["data"] if isinstance(f.get("data"), h5py.Group) else f
     u, mean = group.get("U"), group.get("x_mean")
     if not isinstance(u, h5py.Dataset) or not isinstance(mean, h5py.Dataset):
@@ -69,7 +64,7 @@ def load(path: str, in_dim: int = 4096, dims: int = DIMS) -> tuple[PCA, dict[str
               components=np.ascontiguousarray(u[:, :dims], np.float32))
   if not (np.isfinite(pca.mean).all() and np.isfinite(pca.components).all()):
     raise ValueError(f"PCA file {path} holds non-finite values")
-  return pca, {"file": os.path.abspath(path), "sha256": weights_lib.sha256(path)}
+  return pca, {"file": os.path.abspath(path), "sha256": exported.sha256_file(path)}
 
 
 def random(seed: int, in_dim: int = 4096, dims: int = DIMS) -> PCA:

@@ -24,13 +24,13 @@ layout, and any other file is refused with what was expected and found.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
 import h5py
 import numpy as np
 
+from vreloc_jax import exported
 from vreloc_jax.features import c3d
 
 LAYOUTS = ("keras_tf", "keras_th")
@@ -39,13 +39,15 @@ _KNOWN = ("a Keras HDF5 file of the Sports-1M C3D weights with layers "
           f"{', '.join(LAYERS)} (c3d-keras' sports1M_weights_tf.h5 or sports1M_weights_th.h5)")
 
 
-def sha256(path: str) -> str:
-  """The SHA-256 of a file, in hex."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+def open_hdf5(path: str, what: str) -> h5py.File:
+  """``path`` opened read-only; ValueError naming ``what`` and the path if it is missing or
+  not a readable HDF5 file."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{what} {path} does not exist")
+  try:
+    return h5py.File(path, "r")
+  except OSError as e:
+    raise ValueError(f"{what} {path} is not a readable HDF5 file: {e}") from None
 
 
 def _arrays(group: h5py.Group) -> dict[str, h5py.Dataset]:
@@ -103,13 +105,7 @@ def load(path: str, arch: c3d.Architecture = c3d.SPORTS1M) -> tuple[dict[str, An
     ValueError: the file is missing or unreadable, lacks a layer, or a layer's shape does not
       fit the layout (the message names the layer, the shape found and the one expected).
   """
-  if not os.path.isfile(path):
-    raise ValueError(f"weights file {path} does not exist")
-  try:
-    f = h5py.File(path, "r")
-  except OSError as e:
-    raise ValueError(f"weights file {path} is not a readable HDF5 file: {e}") from None
-  with f:
+  with open_hdf5(path, "weights file") as f:
     root = f["model_weights"] if isinstance(f.get("model_weights"), h5py.Group) else f
     missing = [layer for layer in LAYERS if not isinstance(root.get(layer), h5py.Group)]
     if missing:
@@ -138,7 +134,7 @@ def load(path: str, arch: c3d.Architecture = c3d.SPORTS1M) -> tuple[dict[str, An
       t, h, w, c = arch.pool5_shape
       kernel = kernel.reshape(c, t, h, w, -1).transpose(1, 2, 3, 0, 4).reshape(t * h * w * c, -1)
     params[layer] = {"kernel": np.ascontiguousarray(kernel), "bias": bias}
-  info = {"file": os.path.abspath(path), "sha256": sha256(path), "layout": layout,
+  info = {"file": os.path.abspath(path), "sha256": exported.sha256_file(path), "layout": layout,
           "kernels_flipped": flipped}
   return params, info
 
