@@ -348,8 +348,10 @@ def test_criterion_segments_are_the_exhaustive_search_of_the_baseline():
   query = rng.normal(size=(batch, lq, dim)).astype(np.float32)
   reference_mask = np.arange(len_ref)[None] < np.array(lengths)[:, None]
   query_mask = np.arange(lq)[None] < np.array(query_lengths)[:, None]
-  found = np.asarray(jax.jit(losses.criterion_segments, static_argnums=(4, 5))(
-      query, query_mask, reference, reference_mask, (1.0,), ALPHA))
+  from vreloc_jax import segments
+  windows = segments.window_lengths(query_mask.sum(axis=1), reference_mask.sum(axis=1), (1.0,))
+  found = np.asarray(jax.jit(losses.criterion_segments, static_argnums=(5,))(
+      query, query_mask, reference, reference_mask, windows, ALPHA))
   for b, (n, m) in enumerate(zip(lengths, query_lengths)):
     expected = baselines.coattention_segment(query[b, :m], reference[b, :n], ALPHA,
                                              query_length=True)
@@ -365,7 +367,8 @@ def test_pseudo_label_loss_is_the_cross_entropy_toward_the_criterion_window():
   reference_mask = jnp.arange(len_ref)[None] < jnp.array([12, 9, 7])[:, None]
   query_mask = jnp.ones((batch, lq), bool)
   example_mask = jnp.array([True, True, False])  # the last is a filler
-  targets = losses.criterion_segments(query, query_mask, reference, reference_mask, (1.0,),
+  windows = jnp.full((batch, 1), lq)
+  targets = losses.criterion_segments(query, query_mask, reference, reference_mask, windows,
                                       ALPHA)
   value = losses.pseudo_label_loss(logits, query, query_mask, reference, reference_mask,
                                    (1.0,), ALPHA, example_mask=example_mask)

@@ -173,25 +173,14 @@ def coattention_segments(queries: Sequence[np.ndarray], references: Sequence[np.
   for i, (q, r) in enumerate(zip(queries, references)):
     query[i, :len(q)], reference[i, :len(r)] = q, r
   if query_length:
-    lengths = np.minimum(query_steps, steps)[:, None]  # [B, 1]
+    windows = np.minimum(query_steps, steps)[:, None]  # [B, 1]
   else:
-    lengths = np.broadcast_to(np.arange(1, min(max_length, len_ref) + 1),
+    windows = np.broadcast_to(np.arange(1, min(max_length, len_ref) + 1),
                               (len(steps), min(max_length, len_ref)))  # [B, K]
-  criterion = np.asarray(losses.window_criterion(
+  found = np.asarray(losses.criterion_segments(
       query, np.arange(len_query)[None] < query_steps[:, None], reference,
-      np.arange(len_ref)[None] < steps[:, None], jnp.asarray(lengths, jnp.int32),
-      alpha))  # [B, Lr, K]
-  n, k = steps[:, None, None], lengths[:, None, :]  # [B, 1, 1], [B, 1, K]
-  valid = (np.arange(len_ref)[None, :, None] + k <= n) & ((k < n) | (n == 1))  # [B, Lr, K]
-  out = []
-  for b in range(len(steps)):
-    if not valid[b].any():
-      out.append((0, int(steps[b])))
-      continue
-    start, index = divmod(int(np.argmax(np.where(valid[b], criterion[b], -np.inf))),
-                          lengths.shape[1])
-    out.append((start, start + int(lengths[b, index])))
-  return out
+      np.arange(len_ref)[None] < steps[:, None], jnp.asarray(windows, jnp.int32), alpha))
+  return [(int(s), int(e)) for s, e in found]
 
 
 def coattention_segment(query: np.ndarray, reference: np.ndarray, alpha: float = 0.3,

@@ -351,36 +351,33 @@ def window_coattention_loss(log_probs: jax.Array, query: jax.Array, query_mask: 
 
 
 def criterion_segments(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
-                       reference_mask: jax.Array, scales: tuple[float, ...],
+                       reference_mask: jax.Array, windows: jax.Array,
                        alpha: float) -> jax.Array:
-  """The candidate window of highest co-attention criterion (`window_criterion`) per pair.
+  """The exhaustive search of the co-attention criterion (`window_criterion`) per pair.
 
-  The exhaustive search of `baselines.coattention_segments` (``query_length``) over
-  the windows of ``round(scale * query length)`` steps, jit-able: a window needs a
-  background (it is shorter than the reference) unless the reference is one step,
-  in which case it is the whole reference. It reads no annotation.
+  The candidates are the windows of the given lengths that fit in the reference and
+  leave a background (are shorter than it) unless the reference is one step; ties go
+  to the earliest start, then the first length. Jit-able; the training-free
+  `baselines.coattention_segments` runs it too. It reads no annotation.
 
   Args:
     query, query_mask, reference, reference_mask: as `coattention_loss`.
-    scales: the candidate window lengths as multiples of the query length.
+    windows: int[batch, K] candidate window lengths, e.g. `segments.window_lengths`.
     alpha: α of eq. 18.
 
   Returns:
     int32[batch, 2] ``[s, e)``; ``[0, length)`` where no window qualifies.
   """
   lengths = reference_mask.astype(bool).sum(axis=1).astype(jnp.int32)  # [B]
-  query_lengths = query_mask.astype(bool).sum(axis=1).astype(jnp.int32)  # [B]
-  windows = segments.window_lengths(query_lengths, lengths, scales)  # [B, K]
   criterion = window_criterion(query, query_mask, reference, reference_mask, windows,
                                alpha)  # [B, Lr, K]
-  n = windows[:, None, :]  # [B, 1, K]
+  n, steps = windows[:, None, :], lengths[:, None, None]  # [B, 1, K], [B, 1, 1]
   starts = jnp.arange(reference.shape[1])[None, :, None]  # [1, Lr, 1]
-  valid = (starts + n <= lengths[:, None, None]) & ((n < lengths[:, None, None])
-                                                    | (lengths[:, None, None] == 1))
-  batch = criterion.shape[0]
+  valid = (starts + n <= steps) & ((n < steps) | (steps == 1))  # [B, Lr, K]
+  batch, num_windows = criterion.shape[0], windows.shape[1]
   flat = jnp.where(valid, criterion, -jnp.inf).reshape(batch, -1)  # [B, Lr * K]
   best = jnp.argmax(flat, axis=1).astype(jnp.int32)  # [B]
-  start, k = best // len(scales), best % len(scales)
+  start, k = best // num_windows, best % num_windows
   end = start + jnp.take_along_axis(windows, k[:, None], axis=1)[:, 0]  # [B]
   found = valid.reshape(batch, -1).any(axis=1)  # [B]
   return jnp.stack([jnp.where(found, start, 0), jnp.where(found, end, lengths)],
@@ -413,7 +410,8 @@ def pseudo_label_loss(logits: jax.Array, query: jax.Array, query_mask: jax.Array
   """
   query_mask = _valid_steps(query_mask, example_mask)  # [B, Lq]
   valid = _valid_steps(reference_mask, example_mask)  # [B, Lr]
+  windows = segments.window_lengths(query_mask.sum(axis=1), valid.sum(axis=1), scales)  # [B, K]
   targets = jax.lax.stop_gradient(criterion_segments(
-      query, query_mask, reference, valid, scales, alpha))  # [B, 2]
+      query, query_mask, reference, valid, windows, alpha))  # [B, 2]
   real = query_mask.any(axis=1) & valid.any(axis=1)  # [B]
   return weighted_cross_entropy(logits, targets, reference_mask, real)
