@@ -53,6 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   # window (losses.pseudo_label_loss), logged as loss_cp.
   loss.window_temperature = 0.2  # windows form: the target's temperature, in standard
   # deviations of each example's criterion over its candidate windows.
+  loss.criterion_features = "raw"  # pseudo form: what the targets' criterion reads: raw
+  # (the inputs) | transitions (the inputs beside a sketch of their order; an extension).
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 128  # Global batch, split over all devices.

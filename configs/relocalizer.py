@@ -29,6 +29,9 @@
   `vreloc_jax.losses.window_coattention_loss`; its window rule) or ``both``
   (windows plus the paper's loss); ``pseudo``, ``windows`` and ``windows=both``
   alone are short for them;
+* ``criterion=transitions``: (an extension) the self-training targets' criterion reads
+  the inputs beside a sketch of their order (`vreloc_jax.losses.transition_features`;
+  ``loss.criterion_features``) rather than the inputs alone (``raw``);
 * ``query_blind``: a control that never reads the query (the predictor sees only the
   reference's self-attention features): what a model finds without knowing what it
   is looking for;
@@ -42,6 +45,7 @@ import ml_collections
 from configs import arguments
 from configs import default
 from vreloc_jax import family
+from vreloc_jax import losses
 from vreloc_jax.relocalizer import model
 
 # Words that stand for an argument's value.
@@ -68,6 +72,7 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
       frame_similarity_residual=False,
       inference=arguments.Arg("", choices=family.INFERENCES),
       objective=arguments.Arg("", choices=family.COATTENTION_FORMS, meta="NAME"),
+      criterion=arguments.Arg("raw", choices=losses.CRITERION_FEATURES),
       query_blind=False,
       quick=False)
 
@@ -90,6 +95,7 @@ def apply(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict
         args.objective, WEAK_PAPER_RULE if weak else config.eval.inference)
   if args.inference:
     config.eval.inference = args.inference
+  config.loss.criterion_features = args.criterion
   config.model.query_blind = args.query_blind
   if args.quick:
     default.quick(config, QUICK_SIZES)

@@ -61,6 +61,7 @@ _PAPER_FORMS = [
     "quick,recordings=shoulder_exercises", "windows,inference=weak",
     "pseudo", "objective=pseudo", "objective=paper", "objective=paper,inference=weak",
     "recordings,objective=paper", "quick,pseudo,query_length", "pseudo,windows",
+    "criterion=transitions", "recordings,criterion=transitions", "criterion=raw",
 ]
 _COMPARATOR_FORMS = [None, "quick", "recordings", "recordings=shoulder_exercises",
                      "quick,recordings", "recordings,quick"]

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from vreloc_jax import baselines
+from vreloc_jax import losses
 from vreloc_jax import metrics
 from vreloc_jax.data import features as features_lib
 from vreloc_jax.data import pairs as pairs_lib
 from vreloc_jax.data import splits as splits_lib
 from vreloc_jax.data import synthetic
-from tests.conftest import REAL_DATA_DIR
+from tests.conftest import REAL_DATA_DIR, subprocess_env
 
 REAL_DIR = str(REAL_DATA_DIR)
 ALL_METHODS = baselines.METHODS + baselines.DIAGNOSTICS
@@ -206,3 +207,29 @@ def test_command_line_prior_on_the_real_split(tmp_path):
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert "stat_prior" in run.stdout and "training prior: start 0.3267" in run.stdout
   assert json.loads(output.read_text())["num_pairs"] == 978
+
+
+def test_command_line_searches_the_criterion_over_transitions(data_dir, tmp_path):
+  """``--project=transitions``: the search the targets of ``criterion=transitions`` make."""
+  output = str(tmp_path / "transitions.json")
+  done = subprocess.run(
+      [sys.executable, "-m", "vreloc_jax.baselines", "--method=coattention_search_query_length",
+       f"--data_dir={data_dir}", "--project=transitions", f"--output={output}"],
+      capture_output=True, text=True, env=subprocess_env(), check=True)
+  assert "coattention_search_query_length (transitions)" in done.stdout
+  split_file = splits_lib.split_path(data_dir, "test")
+  pairs, _ = pairs_lib.load_eval_pairs(split_file, splits_lib.load_split(split_file), "test")
+  store = features_lib.open_features(features_lib.find_features(data_dir))
+  expected = []
+  for pair in pairs:
+    query = store.window(pair.query.video_id, *pair.query.query_span)[None]
+    reference = store.window(pair.reference.video_id, *pair.reference.location)[None]
+    query_mask, reference_mask = np.ones(query.shape[:2], bool), np.ones(reference.shape[:2], bool)
+    windows = np.array([[min(query.shape[1], reference.shape[1])]])
+    expected.append(np.asarray(losses.criterion_segments(
+        losses.transition_features(query, query_mask), query_mask,
+        losses.transition_features(reference, reference_mask), reference_mask, windows,
+        0.3))[0].tolist())
+  store.close()
+  with open(metrics.predictions_path(output)) as f:
+    assert [r["predicted"] for r in json.load(f)["predictions"]] == expected

@@ -63,3 +63,12 @@ def test_pseudo_argument_sets_the_self_training_objective():
   paper = weak.get_config("objective=paper")
   assert paper.loss.coattention_form == "paper" and paper.eval.inference == "query_length"
   assert full.get_config("objective=paper").eval.inference == "full"
+
+
+def test_criterion_argument_sets_what_the_targets_criterion_reads():
+  assert weak.get_config().loss.criterion_features == "raw"
+  config = weak.get_config("criterion=transitions,recordings")
+  assert config.loss.criterion_features == "transitions"
+  assert config.loss.coattention_form == "pseudo" and config.eval.inference == "full"
+  with pytest.raises(ValueError, match="criterion='order': expected one of raw, transitions"):
+    weak.get_config("criterion=order")

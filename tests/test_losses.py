@@ -358,7 +358,8 @@ def test_criterion_segments_are_the_exhaustive_search_of_the_baseline():
     assert tuple(found[b]) == expected, b
 
 
-def test_pseudo_label_loss_is_the_cross_entropy_toward_the_criterion_window():
+@pytest.mark.parametrize("features", ["raw", "transitions"])
+def test_pseudo_label_loss_is_the_cross_entropy_toward_the_criterion_window(features):
   rng = np.random.default_rng(9)
   batch, len_ref, lq, dim = 3, 12, 3, 5
   reference = jnp.asarray(rng.normal(size=(batch, len_ref, dim)), jnp.float32)
@@ -368,16 +369,53 @@ def test_pseudo_label_loss_is_the_cross_entropy_toward_the_criterion_window():
   query_mask = jnp.ones((batch, lq), bool)
   example_mask = jnp.array([True, True, False])  # the last is a filler
   windows = jnp.full((batch, 1), lq)
-  targets = losses.criterion_segments(query, query_mask, reference, reference_mask, windows,
+  read = ((lambda x, mask: x) if features == "raw" else losses.transition_features)
+  targets = losses.criterion_segments(read(query, query_mask), query_mask,
+                                      read(reference, reference_mask), reference_mask, windows,
                                       ALPHA)
   value = losses.pseudo_label_loss(logits, query, query_mask, reference, reference_mask,
-                                   (1.0,), ALPHA, example_mask=example_mask)
+                                   (1.0,), ALPHA, example_mask=example_mask,
+                                   criterion_features=features)
   expected = losses.weighted_cross_entropy(logits, targets, reference_mask, example_mask)
   np.testing.assert_allclose(value, expected, rtol=1e-6)
   # Only the logits carry a gradient; the filler's content never enters.
   grad = jax.grad(losses.pseudo_label_loss, argnums=(0, 3))(
       logits, query, query_mask, reference, reference_mask, (1.0,), ALPHA,
-      example_mask=example_mask)
+      example_mask=example_mask, criterion_features=features)
   assert np.abs(np.asarray(grad[0][:2])).sum() > 0
   np.testing.assert_array_equal(grad[0][2], 0.0)
   np.testing.assert_array_equal(grad[1], 0.0)
+  with pytest.raises(ValueError, match="criterion_features must be one of"):
+    losses.pseudo_label_loss(logits, query, query_mask, reference, reference_mask, (1.0,),
+                             ALPHA, criterion_features="order")
+
+
+def test_transition_features_see_the_order_the_mean_cannot():
+  rng = np.random.default_rng(10)
+  atoms = rng.normal(size=(4, 8))
+  ordered = np.repeat(atoms, 3, axis=0)  # four sub-actions of three steps each
+  reordered = np.repeat(atoms[[2, 0, 3, 1]], 3, axis=0)
+  np.testing.assert_allclose(ordered.mean(0), reordered.mean(0), atol=1e-12)
+  x = jnp.asarray(np.stack([ordered, reordered]), jnp.float32)  # [2, 12, 8]
+  mask = jnp.ones((2, 12), bool)
+  out = np.asarray(losses.transition_features(x, mask, lag=2, dim=32))
+  assert out.shape == (2, 12, 8 + 32)
+  means = out.mean(axis=1)  # [2, 40]
+  np.testing.assert_allclose(means[0, :8] / means[1, :8], 1.0, rtol=1e-4)  # same raw mean
+  assert np.linalg.norm(means[0, 8:] - means[1, 8:]) > 0.3 * np.linalg.norm(means[0, 8:])
+  # Each part has a mean step norm of 1.
+  np.testing.assert_allclose(np.linalg.norm(out[..., :8], axis=-1).mean(1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(out[..., 8:], axis=-1).mean(1), 1.0, rtol=1e-5)
+
+
+def test_transition_features_ignore_padding():
+  rng = np.random.default_rng(11)
+  x = rng.normal(size=(1, 9, 6)).astype(np.float32)
+  padded = np.concatenate([x, np.full((1, 5, 6), np.nan, np.float32)], axis=1)  # [1, 14, 6]
+  mask = np.arange(14)[None] < 9
+  alone = np.asarray(losses.transition_features(x, np.ones((1, 9), bool), lag=3, dim=16))
+  out = np.asarray(losses.transition_features(padded, mask, lag=3, dim=16))
+  np.testing.assert_allclose(out[:, :9], alone, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out[:, 9:], 0.0)
+  short = np.asarray(losses.transition_features(x[:, :2], np.ones((1, 2), bool), lag=3, dim=16))
+  assert np.isfinite(short).all() and (short[..., 6:] == 0).all()  # no step 3 later

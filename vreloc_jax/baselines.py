@@ -35,7 +35,8 @@ synthetic benchmark is learnable:
 
 Any method can run on projected features (``transform``; the command line's
 ``--project=class_subspace`` uses the synthetic benchmark's true class
-subspace, an oracle).
+subspace, an oracle, and ``--project=transitions`` the features the targets of
+``criterion=transitions`` read, `losses.transition_features`).
 
 Evaluation uses the split's deterministic pairs (`pairs.load_eval_pairs`) and
 writes the results file (``{"split", "num_pairs", "mAP", "mAP_avg", "method",
@@ -326,8 +327,10 @@ def _define_flags() -> None:
   flags.DEFINE_string("output", None, "Results JSON; the predictions go beside it.")
   flags.DEFINE_integer("seed", 0, "Seed of the random baseline.")
   flags.DEFINE_integer("pair_seed", 0, "Seed of the evaluation pairs.")
-  flags.DEFINE_enum("project", None, ["class_subspace"],
-                    "Oracle projection of the features (synthetic benchmarks only).")
+  flags.DEFINE_enum("project", None, ["class_subspace", "transitions"],
+                    "Transform of the features: class_subspace, an oracle projection "
+                    "(synthetic benchmarks only), or transitions, the features the targets of "
+                    "criterion=transitions read (losses.transition_features).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -345,6 +348,12 @@ def main(argv: Sequence[str]) -> None:
         return x @ basis
 
       transform = class_subspace
+    elif FLAGS.project == "transitions":
+
+      def transitions(x: np.ndarray) -> np.ndarray:
+        return np.asarray(losses.transition_features(x[None], np.ones((1, len(x)), bool))[0])
+
+      transform = transitions
     results, _ = run_baseline(FLAGS.method, FLAGS.data_dir, FLAGS.split, FLAGS.features,
                               FLAGS.seed, FLAGS.output, FLAGS.pair_seed, transform=transform)
   name = FLAGS.method + (f" ({FLAGS.project})" if FLAGS.project else "")

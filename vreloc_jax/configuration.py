@@ -12,6 +12,7 @@ import ml_collections
 
 from vreloc_jax import checkpoints
 from vreloc_jax import family
+from vreloc_jax import losses
 from vreloc_jax import models
 
 SUPERVISIONS = ("weak", "full")
@@ -52,6 +53,9 @@ def validate(config: ml_collections.ConfigDict, devices: int | None = None) -> N
   if family.coattention_form(config) not in family.COATTENTION_FORMS:
     raise ValueError(f"loss.coattention_form must be one of {family.COATTENTION_FORMS}, "
                      f"got {family.coattention_form(config)!r}")
+  if config.loss.get("criterion_features", "raw") not in losses.CRITERION_FEATURES:
+    raise ValueError(f"loss.criterion_features must be one of {losses.CRITERION_FEATURES}, "
+                     f"got {config.loss.criterion_features!r}")
   if config.eval.select not in checkpoints.SELECTIONS:
     raise ValueError(f"eval.select must be one of {sorted(checkpoints.SELECTIONS)}, "
                      f"got {config.eval.select!r}")

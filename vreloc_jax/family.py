@@ -163,7 +163,8 @@ class StepLabeling(Family):
       terms["loss_cp"] = losses.pseudo_label_loss(
           outputs["logits"], batch["query"], batch["query_mask"], batch["reference"],
           reference_mask, tuple(config.eval.window_scales), config.loss.alpha,
-          example_mask=example_mask)
+          example_mask=example_mask,
+          criterion_features=config.loss.get("criterion_features", "raw"))
       total += config.loss.coattention_weight * terms["loss_cp"]
     if config.loss.coattention_weight > 0 and form in ("paper", "both"):
       coatt = functools.partial(losses.coattention_loss, batch["query"], batch["query_mask"],

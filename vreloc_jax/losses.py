@@ -24,6 +24,11 @@ BOUNDARY_WEIGHT = 10.0  # w_i at start/end steps (eq. 19, Feng et al. 2018)
 MASS_EPSILON = 1e-6
 COSINE_EPSILON = 1e-8  # norm product floor in the cosine similarity
 NEG_INF = -1e30  # Score of an excluded candidate before a softmax or an argmax (finite: no NaN).
+# The features the co-attention criterion of the self-training targets reads
+# (`criterion_features`): the inputs, or the inputs beside a sketch of their transitions.
+CRITERION_FEATURES = ("raw", "transitions")
+TRANSITION_LAG = 3  # Steps between the two features of a transition.
+TRANSITION_DIM = 256  # Dimension of the transitions' random sketch.
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -350,6 +355,46 @@ def window_coattention_loss(log_probs: jax.Array, query: jax.Array, query_mask: 
   return jnp.sum(jnp.where(real, per_example, 0.0)) / jnp.maximum(real.sum(), 1)
 
 
+def transition_features(features: jax.Array, mask: jax.Array, lag: int = TRANSITION_LAG,
+                        dim: int = TRANSITION_DIM) -> jax.Array:
+  """The features beside a sketch of their transitions, for the co-attention criterion.
+
+  A mean over a window (eqs. 14-15) cannot see order: a window that plays a class's
+  sub-actions in its order and one that plays them in another have the same mean. The
+  sketch ``(x_t P) * (x_{t + lag} P')`` of each step's feature (centred over the
+  sequence's valid steps) and the one ``lag`` steps later, with fixed random
+  projections ``P``, ``P'`` [D, dim], has a mean that depends on the order. Both parts
+  are scaled to a mean step norm of 1 over the valid steps, so they weigh alike in a
+  cosine. An extension; it reads no annotation.
+
+  Args:
+    features: [batch, length, D]; mask: bool[batch, length], the valid steps (a prefix).
+    lag: steps between the two features of a transition (the last ``lag`` valid steps
+      pair with zeros).
+    dim: the sketch's dimension.
+
+  Returns:
+    float32[batch, length, D + dim]; zero on padding.
+  """
+  mask = mask.astype(bool)
+  x = jnp.where(mask[..., None], features.astype(jnp.float32), 0.0)  # [B, L, D]
+  count = jnp.maximum(mask.sum(axis=1), 1).astype(jnp.float32)  # [B]
+  centred = jnp.where(mask[..., None], x - x.sum(axis=1, keepdims=True) / count[:, None, None],
+                      0.0)  # [B, L, D]
+  later = jnp.pad(centred[:, lag:], ((0, 0), (0, lag), (0, 0)))[:, :x.shape[1]]  # [B, L, D]
+  first, second = jax.random.split(jax.random.key(0))
+  d = x.shape[-1]
+  sketch = ((centred @ (jax.random.normal(first, (d, dim)) / jnp.sqrt(d)))
+            * (later @ (jax.random.normal(second, (d, dim)) / jnp.sqrt(d))))  # [B, L, dim]
+
+  def unit_mean_norm(z):  # [B, L, ·] scaled so its mean valid-step norm is 1
+    norm = jnp.sum(jnp.where(mask, jnp.linalg.norm(z, axis=-1), 0.0), axis=1) / count  # [B]
+    return z / jnp.maximum(norm, COSINE_EPSILON)[:, None, None]
+
+  both = jnp.concatenate([unit_mean_norm(x), unit_mean_norm(sketch)], axis=-1)
+  return jnp.where(mask[..., None], both, 0.0)  # [B, L, D + dim]
+
+
 def criterion_segments(query: jax.Array, query_mask: jax.Array, reference: jax.Array,
                        reference_mask: jax.Array, windows: jax.Array,
                        alpha: float) -> jax.Array:
@@ -387,11 +432,13 @@ def criterion_segments(query: jax.Array, query_mask: jax.Array, reference: jax.A
 def pseudo_label_loss(logits: jax.Array, query: jax.Array, query_mask: jax.Array,
                       reference: jax.Array, reference_mask: jax.Array,
                       scales: tuple[float, ...], alpha: float,
-                      example_mask: jax.Array | None = None) -> jax.Array:
+                      example_mask: jax.Array | None = None,
+                      criterion_features: str = "raw") -> jax.Array:
   """Self-training on the co-attention criterion (an extension of eqs. 13-19).
 
   Each pair's target is the window its co-attention criterion ranks first
-  (`criterion_segments`, on the input features, so held fixed), and the loss is
+  (`criterion_segments`, on the input features or, with ``criterion_features=
+  "transitions"``, on `transition_features`; held fixed), and the loss is
   the weighted cross-entropy of full supervision (eq. 19) toward it. The paper's
   soft loss has a lower optimum than the target segment (scattered query-like
   steps inside, outliers outside); this one's optimum is a segment, and its
@@ -404,12 +451,19 @@ def pseudo_label_loss(logits: jax.Array, query: jax.Array, query_mask: jax.Array
     scales: the candidate window lengths as multiples of the query length.
     alpha: α of eq. 18.
     example_mask: optional bool[batch]; False examples (fillers) are ignored.
+    criterion_features: one of `CRITERION_FEATURES`.
 
   Returns:
     float32 scalar; 0 when nothing is valid.
   """
+  if criterion_features not in CRITERION_FEATURES:
+    raise ValueError(f"criterion_features must be one of {CRITERION_FEATURES}, got "
+                     f"{criterion_features!r}")
   query_mask = _valid_steps(query_mask, example_mask)  # [B, Lq]
   valid = _valid_steps(reference_mask, example_mask)  # [B, Lr]
+  if criterion_features == "transitions":
+    query = transition_features(query, query_mask)  # [B, Lq, D + TRANSITION_DIM]
+    reference = transition_features(reference, valid)  # [B, Lr, D + TRANSITION_DIM]
   windows = segments.window_lengths(query_mask.sum(axis=1), valid.sum(axis=1), scales)  # [B, K]
   targets = jax.lax.stop_gradient(criterion_segments(
       query, query_mask, reference, valid, windows, alpha))  # [B, 2]
