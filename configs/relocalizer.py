@@ -29,9 +29,10 @@
   `vreloc_jax.losses.window_coattention_loss`; its window rule) or ``both``
   (windows plus the paper's loss); ``pseudo``, ``windows`` and ``windows=both``
   alone are short for them;
-* ``criterion=transitions``: (an extension) the self-training targets' criterion reads
-  the inputs beside a sketch of their order (`vreloc_jax.losses.transition_features`;
-  ``loss.criterion_features``) rather than the inputs alone (``raw``);
+* ``criterion=FEATURES``: what the self-training targets' criterion reads
+  (``loss.criterion_features``): ``raw``, the inputs alone (the paper's criterion), or
+  ``transitions`` (an extension), the inputs beside a sketch of their order
+  (`vreloc_jax.losses.transition_features`); default: the config file's own;
 * ``query_blind``: a control that never reads the query (the predictor sees only the
   reference's self-attention features): what a model finds without knowing what it
   is looking for;
@@ -72,7 +73,7 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
       frame_similarity_residual=False,
       inference=arguments.Arg("", choices=family.INFERENCES),
       objective=arguments.Arg("", choices=family.COATTENTION_FORMS, meta="NAME"),
-      criterion=arguments.Arg("raw", choices=losses.CRITERION_FEATURES),
+      criterion=arguments.Arg("", choices=losses.CRITERION_FEATURES, meta="FEATURES"),
       query_blind=False,
       quick=False)
 
@@ -95,7 +96,8 @@ def apply(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict
         args.objective, WEAK_PAPER_RULE if weak else config.eval.inference)
   if args.inference:
     config.eval.inference = args.inference
-  config.loss.criterion_features = args.criterion
+  if args.criterion:
+    config.loss.criterion_features = args.criterion
   config.model.query_blind = args.query_blind
   if args.quick:
     default.quick(config, QUICK_SIZES)

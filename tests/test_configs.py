@@ -66,9 +66,11 @@ def test_pseudo_argument_sets_the_self_training_objective():
 
 
 def test_criterion_argument_sets_what_the_targets_criterion_reads():
-  assert weak.get_config().loss.criterion_features == "raw"
-  config = weak.get_config("criterion=transitions,recordings")
-  assert config.loss.criterion_features == "transitions"
+  assert weak.get_config().loss.criterion_features == "transitions"  # weak.py's default
+  assert full.get_config().loss.criterion_features == "raw"
+  config = weak.get_config("criterion=raw,recordings")  # The paper's criterion.
+  assert config.loss.criterion_features == "raw"
   assert config.loss.coattention_form == "pseudo" and config.eval.inference == "full"
+  assert weak.get_config("criterion=transitions").to_dict() == weak.get_config().to_dict()
   with pytest.raises(ValueError, match="criterion='order': expected one of raw, transitions"):
     weak.get_config("criterion=order")
