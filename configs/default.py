@@ -80,7 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
   ev.max_length = 64  # Full inference: longest segment in steps (64 = 1,024 frames).
   ev.window_scales = (1.0,)  # windows inference and loss: candidate lengths / query length.
   ev.search_form = "benchmark"  # Full inference score: "benchmark" (Feng et al.) or "paper" (eq. 20).
-  ev.baselines = ("random", "stat_prior", "frame_level")  # Rows printed beside the model's.
+  # Training-free rows printed beside the model's: the paper's, and the whole reference window
+  # (what long segments score without finding anything; `vreloc_jax.baselines`).
+  ev.baselines = ("random", "stat_prior", "frame_level", "whole_reference")
   ev.select = "best"  # Tested checkpoint: best (val mAP) | latest | min_loss_c (val loss_c).
   ev.plot_pairs = 4  # Fixed val pairs drawn at every evaluation into W/plots/ (0: none).
   return config

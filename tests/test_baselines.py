@@ -21,7 +21,7 @@ from vreloc_jax.data import synthetic
 from tests.conftest import REAL_DATA_DIR, subprocess_env
 
 REAL_DIR = str(REAL_DATA_DIR)
-ALL_METHODS = baselines.METHODS + baselines.DIAGNOSTICS
+ALL_METHODS = baselines.BASELINES
 
 needs_real = pytest.mark.skipif(not os.path.isfile(os.path.join(REAL_DIR, "test.json")),
                                 reason="the real split files are not available")
@@ -64,6 +64,18 @@ def test_method_end_to_end(method, data_dir, tmp_path):
   again, predicted_again = baselines.run_baseline(method, data_dir, "test")
   np.testing.assert_array_equal(predicted, predicted_again)
   assert again["mAP"] == results["mAP"]
+
+
+def test_whole_reference_predicts_the_window_and_reads_no_features(data_dir):
+  results, predicted = baselines.run_baseline("whole_reference", data_dir, "test",
+                                              features="/nonexistent")  # never opened
+  split_file = splits_lib.split_path(data_dir, "test")
+  pairs, _ = pairs_lib.load_eval_pairs(split_file, splits_lib.load_split(split_file), "test")
+  lengths = np.array([p.reference.window_length for p in pairs])
+  np.testing.assert_array_equal(predicted, np.stack([np.zeros_like(lengths), lengths], 1))
+  # Its IoU with each ground truth is the share of the window the ground truth covers.
+  shares = np.array([np.subtract(*p.reference.segment[::-1]) for p in pairs]) / lengths
+  assert results["mAP_avg"] == pytest.approx(metrics.top1_map(shares)["mAP_avg"])
 
 
 def test_random_seeded(data_dir):

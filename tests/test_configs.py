@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from configs import cgbm, full, weak
+from vreloc_jax import configuration
 
 
 @pytest.mark.parametrize("module,arg,every", [
@@ -74,3 +75,11 @@ def test_criterion_argument_sets_what_the_targets_criterion_reads():
   assert weak.get_config("criterion=transitions").to_dict() == weak.get_config().to_dict()
   with pytest.raises(ValueError, match="criterion='order': expected one of raw, transitions"):
     weak.get_config("criterion=order")
+
+
+def test_baseline_rows_are_checked_before_training():
+  config = weak.get_config()
+  assert "whole_reference" in config.eval.baselines
+  config.eval.baselines = ("random", "oracle")
+  with pytest.raises(ValueError, match=r"eval.baselines: unknown method\(s\) \['oracle'\]"):
+    configuration.validate(config)

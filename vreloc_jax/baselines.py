@@ -21,8 +21,11 @@ Methods (`METHODS`):
   earliest start. Vectorized with cumulative sums.
 
 Diagnostics (`DIAGNOSTICS`), not in the paper, used to check that the
-synthetic benchmark is learnable:
+synthetic benchmark is learnable and what a model's score means:
 
+* ``whole_reference``: the whole reference window, ``[0, L)``, for every pair:
+  what predicting "somewhere in here" scores without finding anything, the
+  floor below which a model's long segments are only hedging on length.
 * ``frame_level_smoothed``: ``frame_level`` on features averaged over a
   centred window of 5 steps (``smooth_width``).
 * ``coattention_search``: the segment (length <= 64, ``max_length``) that
@@ -61,8 +64,10 @@ from vreloc_jax.data import splits as splits_lib
 from vreloc_jax.data.features import FeatureStore, find_features, open_features
 
 METHODS = ("random", "stat_prior", "frame_level")
-DIAGNOSTICS = ("frame_level_smoothed", "coattention_search", "coattention_search_query_length")
-FEATURE_METHODS = ("frame_level",) + DIAGNOSTICS
+DIAGNOSTICS = ("whole_reference", "frame_level_smoothed", "coattention_search",
+               "coattention_search_query_length")
+BASELINES = METHODS + DIAGNOSTICS  # Every method `predict` runs.
+FEATURE_METHODS = ("frame_level",) + tuple(m for m in DIAGNOSTICS if m != "whole_reference")
 _EPS = 1e-8
 _CHUNK = 32  # Pairs whose features are read (and searched) at once.
 
@@ -243,6 +248,8 @@ def predict(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
   lengths = np.array([p.reference.window_length for p in pairs], dtype=np.int64)
   if method == "random":
     return predict_random(lengths, seed), {"method": method, "seed": seed}
+  if method == "whole_reference":
+    return np.stack([np.zeros_like(lengths), lengths], axis=1), {"method": method}
   if method == "stat_prior":
     if "train" not in entries:
       raise ValueError("stat_prior needs the training split's entries")
@@ -258,7 +265,7 @@ def predict(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
     if transform is not None:
       info["transform"] = getattr(transform, "__name__", "custom")
     return predict_with_features(method, pairs, store, transform, **options), info
-  raise ValueError(f"unknown method {method!r}; expected one of {METHODS + DIAGNOSTICS}")
+  raise ValueError(f"unknown method {method!r}; expected one of {BASELINES}")
 
 
 def score_baseline(method: str, entries: Mapping[str, Sequence[splits_lib.Entry]],
@@ -320,7 +327,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """The command line's flags (defined only when run as a program: the module is also a library)."""
-  flags.DEFINE_enum("method", None, list(METHODS + DIAGNOSTICS), "Baseline to run.")
+  flags.DEFINE_enum("method", None, list(BASELINES), "Baseline to run.")
   flags.DEFINE_string("data_dir", None, "Benchmark directory (split JSONs, length.json, features).")
   flags.DEFINE_string("features", None, "Feature HDF5 file or .npy directory (default: in data_dir).")
   flags.DEFINE_enum("split", "test", list(splits_lib.SPLITS), "Split to evaluate.")

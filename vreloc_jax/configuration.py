@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from vreloc_jax import baselines
 from vreloc_jax import checkpoints
 from vreloc_jax import family
 from vreloc_jax import losses
@@ -56,6 +57,10 @@ def validate(config: ml_collections.ConfigDict, devices: int | None = None) -> N
   if config.loss.get("criterion_features", "raw") not in losses.CRITERION_FEATURES:
     raise ValueError(f"loss.criterion_features must be one of {losses.CRITERION_FEATURES}, "
                      f"got {config.loss.criterion_features!r}")
+  unknown = [m for m in config.eval.get("baselines", ()) if m not in baselines.BASELINES]
+  if unknown:
+    raise ValueError(f"eval.baselines: unknown method(s) {unknown}; expected some of "
+                     f"{baselines.BASELINES}")
   if config.eval.select not in checkpoints.SELECTIONS:
     raise ValueError(f"eval.select must be one of {sorted(checkpoints.SELECTIONS)}, "
                      f"got {config.eval.select!r}")
