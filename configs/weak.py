@@ -12,9 +12,9 @@ choose the tested checkpoint.
 Expected (test top-1 mAP avg, seeds 0-2; docs/results.md): synthetic v5
 10.6 ± 0.1 (10.6, 10.6, 10.5), above the prior (9.8) and frame-level (8.8)
 but level with the whole reference window (10.5): there it does not localize;
-Japanese Vowels 58.0 ± 2.9 (60.5, 54.8, 58.6; frame-level
-61.6); shoulder exercises 10.4 ± 2.5 (9.0, 13.3, 9.0; prior 5.5, frame-level
-3.0); the weak objective's positive control 45.7 ± 6.6 (40.1, 44.1, 53.0).
+Japanese Vowels 58.0 ± 2.9 (60.5, 54.8, 58.6; frame-level 61.6); shoulder
+exercises 10.4 ± 2.5 (9.0, 13.3, 9.0; prior 5.5, frame-level 3.0); the weak
+objective's positive control 45.7 ± 6.6 (40.1, 44.1, 53.0).
 
 Arguments (`configs.relocalizer`): ``base``, ``multiscale``, ``selfatt``
 (the paper's ablations), ``alpha=X``, ``objective=paper`` (the paper's loss,
@@ -31,14 +31,14 @@ every benchmark by more than the seed spread):
 * Objective: ``pseudo`` (an extension; `vreloc_jax.losses.pseudo_label_loss`):
   self-training on the paper's co-attention criterion (eqs. 16-18). Each
   training pair's target is the query-long window the criterion ranks first
-  (on the criterion features below), and the model learns it with full supervision's weighted
-  cross-entropy (eq. 19). The paper's soft loss (eqs. 13-15) has a lower
+  (on the criterion features below), and the model learns it with full
+  supervision's weighted cross-entropy (eq. 19). The paper's soft loss (eqs. 13-15) has a lower
   optimum than the target segment (scattered query-like steps inside, outliers
   outside), and the model trained on it heads there; this objective's optimum
   is a segment. Against the paper's method (its loss and rule) it wins on
   every benchmark (raw criterion): v5 10.6 against 0.1, Japanese Vowels 55.2
-  against 16.1 ± 2.5, shoulder exercises 6.0 ± 3.7 against 1.3 ± 0.6, the control
-  46.6 against 0.0. So does the paper's loss with the query-length rule (the
+  against 16.1 ± 2.5, shoulder exercises 6.0 ± 3.7 against 1.3 ± 0.6, the
+  control 46.6 against 0.0. So does the paper's loss with the query-length rule (the
   default before); against it, self-training is above on v5 (6.4 ± 0.3) and
   the control (2.9) and level on Japanese Vowels (52.9 ± 3.2) and shoulder
   exercises (7.2 ± 1.6), within the seed spreads.
@@ -49,16 +49,17 @@ every benchmark by more than the seed spread):
   the mean p_inside, ``:inference=weak``) collapses with the paper's loss on
   every benchmark, as training concentrates p_inside.
 * Criterion features: ``transitions`` (an extension;
-  `vreloc_jax.losses.transition_features`): the targets' criterion reads the inputs
-  beside a fixed random sketch of their order, since a mean over a window cannot see
-  order and, on raw inputs, the criterion ignores the query on synthetic v5 and the
-  shoulder exercises. Against the paper's criterion (``criterion=raw``; seeds 0-2):
-  shoulder exercises 10.4 ± 2.5 against 6.0 ± 3.7, Japanese Vowels 58.0 ± 2.9
-  against 55.2 ± 3.5, synthetic v5 10.6 ± 0.1 against 10.6 ± 0.1, the positive
-  control 45.7 ± 6.6 against 46.6 ± 2.0: above by more than the spread on the
-  shoulder exercises, level (within the spreads) elsewhere, below nowhere; so
-  it is the default between the two extensions, and ``criterion=raw`` the row
-  that keeps the paper's criterion.
+  `vreloc_jax.losses.transition_features`): the targets' criterion reads the
+  inputs beside a fixed random sketch of their order, since a mean over a window
+  cannot see order and, on raw inputs, the criterion ignores the query on
+  synthetic v5 and the shoulder exercises. Against the paper's criterion
+  (``criterion=raw``; seeds 0-2): shoulder exercises 10.4 ± 2.5 against
+  6.0 ± 3.7, Japanese Vowels 58.0 ± 2.9 against 55.2 ± 3.5, synthetic v5
+  10.6 ± 0.1 against 10.6 ± 0.1, the positive control 45.7 ± 6.6 against
+  46.6 ± 2.0: above by more than the spread on the shoulder exercises, level
+  (within the spreads) elsewhere, below nowhere; so it is the default between
+  the two extensions, and ``criterion=raw`` the row that keeps the paper's
+  criterion.
 * Checkpoint: the lowest val co-attention loss of the predictions
   (``eval.select = "min_loss_c"``), which reads no annotation; the best-val-mAP
   checkpoint (the benchmark authors' practice) is reported beside it,
