@@ -64,10 +64,11 @@ from vreloc_jax.data import splits as splits_lib
 from vreloc_jax.data.features import FeatureStore, find_features, open_features
 
 METHODS = ("random", "stat_prior", "frame_level")
-DIAGNOSTICS = ("whole_reference", "frame_level_smoothed", "coattention_search",
-               "coattention_search_query_length")
+FEATURE_DIAGNOSTICS = ("frame_level_smoothed", "coattention_search",
+                       "coattention_search_query_length")
+DIAGNOSTICS = ("whole_reference",) + FEATURE_DIAGNOSTICS
 BASELINES = METHODS + DIAGNOSTICS  # Every method `predict` runs.
-FEATURE_METHODS = ("frame_level",) + tuple(m for m in DIAGNOSTICS if m != "whole_reference")
+FEATURE_METHODS = ("frame_level",) + FEATURE_DIAGNOSTICS
 _EPS = 1e-8
 _CHUNK = 32  # Pairs whose features are read (and searched) at once.
 
