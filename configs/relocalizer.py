@@ -14,6 +14,9 @@
 * ``frame_similarity_residual``: (an extension) that similarity added to the logits
   (inside +, outside −) through a learned weight, so that the untrained model already
   ranks windows as the frame-level baseline does;
+* ``centred``: (an extension) the feature mappings read each video's features beside
+  themselves minus their mean over the video (``model.centred_inputs``,
+  `vreloc_jax.inputs.with_centred`);
 * ``inference=RULE``: the inference rule, which also gives the co-attention masks:
   ``weak`` (the paper's longest run above the mean p_inside), ``full`` (start/end
   search), ``query_length`` (an extension: the query-long window of highest
@@ -71,6 +74,7 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
       recordings=default.RECORDINGS,
       frame_similarity=False,
       frame_similarity_residual=False,
+      centred=False,
       inference=arguments.Arg("", choices=family.INFERENCES),
       objective=arguments.Arg("", choices=family.COATTENTION_FORMS, meta="NAME"),
       criterion=arguments.Arg("", choices=losses.CRITERION_FEATURES, meta="FEATURES"),
@@ -89,6 +93,7 @@ def apply(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict
     config.train.eval_every = min(config.train.eval_every, 25)
   config.model.frame_similarity = args.frame_similarity
   config.model.frame_similarity_residual = args.frame_similarity_residual
+  config.model.centred_inputs = args.centred
   if args.objective:
     config.loss.coattention_form = args.objective
     weak = config.supervision == "weak"

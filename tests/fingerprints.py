@@ -62,6 +62,7 @@ _PAPER_FORMS = [
     "pseudo", "objective=pseudo", "objective=paper", "objective=paper,inference=weak",
     "recordings,objective=paper", "quick,pseudo,query_length", "pseudo,windows",
     "criterion=transitions", "recordings,criterion=transitions", "criterion=raw",
+    "centred", "recordings,centred",
 ]
 _COMPARATOR_FORMS = [None, "quick", "recordings", "recordings=shoulder_exercises",
                      "quick,recordings", "recordings,quick"]

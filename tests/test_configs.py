@@ -47,7 +47,7 @@ def test_arguments_are_declared_by_each_config_file_and_order_never_matters():
   with pytest.raises(ValueError, match="config argument alpha needs a value: alpha=X"):
     weak.get_config("alpha")
   # The paper's model's arguments do not apply to a comparator.
-  for arg in ("base", "query_blind", "frame_similarity", "alpha=0.5", "windows"):
+  for arg in ("base", "query_blind", "frame_similarity", "centred", "alpha=0.5", "windows"):
     with pytest.raises(ValueError, match=f"unknown config argument '{arg}'; expected one of "
                        r"recordings\[=SOURCE\], quick"):
       cgbm.get_config(arg)
@@ -75,6 +75,12 @@ def test_criterion_argument_sets_what_the_targets_criterion_reads():
   assert weak.get_config("criterion=transitions").to_dict() == weak.get_config().to_dict()
   with pytest.raises(ValueError, match="criterion='order': expected one of raw, transitions"):
     weak.get_config("criterion=order")
+
+
+def test_centred_argument_feeds_the_mappings_the_centred_features_too():
+  for get_config in (weak.get_config, full.get_config):
+    assert get_config().model.centred_inputs is False  # The paper's inputs by default.
+    assert get_config("centred,recordings").model.centred_inputs is True
 
 
 def test_baseline_rows_are_checked_before_training():

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vreloc_jax.inputs import with_centred
 from vreloc_jax.relocalizer import attention
 from vreloc_jax.relocalizer import model as model_lib
 
@@ -345,7 +346,7 @@ def test_model_config_defaults():
       "head_dim": 32, "attention_relative": True, "use_self_attention": True,
       "self_attention_heads": 2,
       "self_attention_head_dim": 32, "self_attention_out": 0, "frame_similarity": False,
-      "frame_similarity_residual": False, "query_blind": False,
+      "frame_similarity_residual": False, "centred_inputs": False, "query_blind": False,
       "lstm_dim": 128, "dropout_in": 0.4, "dropout_out": 0.2,
       "lstm_implementation": "auto", "dtype": "float32"}
 
@@ -421,6 +422,39 @@ def test_relocalizer_with_frame_similarity_padding_invariant():
   single = apply(params, query_seqs[1][None], np.ones((1, 2), bool),
                  ref_seqs[1][None], np.ones((1, 7), bool))
   assert_padding_invariant(out["logits"], args[3], single["logits"], 1)
+
+
+def test_with_centred_appends_the_features_minus_their_mean_over_valid_steps():
+  x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32) + 10.0
+  mask = np.array([[True] * 5, [True] * 3 + [False] * 2])
+  out = np.asarray(with_centred(jnp.asarray(x), jnp.asarray(mask)))
+  assert out.shape == (2, 5, 6)
+  np.testing.assert_array_equal(out[~mask], 0.0)
+  np.testing.assert_allclose(out[mask][:, :3], x[mask])
+  for b in range(2):
+    valid = x[b, mask[b]]
+    np.testing.assert_allclose(out[b, mask[b], 3:], valid - valid.mean(0), atol=1e-5)
+
+
+def test_relocalizer_with_centred_inputs_padding_invariant_and_offset_free_half():
+  model = model_lib.ReLocalizer(tiny_config(centred_inputs=True))
+  ref_seqs, query_seqs, args = _model_batch()
+  params = random_params(lambda: model.init(jax.random.key(0), *args, deterministic=True))
+  d = args[0].shape[-1]
+  for name in ("query_mapping", "reference_mapping"):
+    assert params["params"][name]["conv"]["kernel"].shape[1] == 2 * d
+  apply = jax.jit(lambda p, *a: model.apply(p, *a, deterministic=True))
+  out = apply(params, *args)
+  single = apply(params, query_seqs[1][None], np.ones((1, 2), bool),
+                 ref_seqs[1][None], np.ones((1, 7), bool))
+  assert_padding_invariant(out["logits"], args[3], single["logits"], 1)
+  # With the raw half's weights zeroed, a constant added to a video changes nothing.
+  blind = jax.tree_util.tree_map_with_path(
+      lambda path, w: w.at[:, :d].set(0.0) if "mapping" in jax.tree_util.keystr(path)
+      and "kernel" in jax.tree_util.keystr(path) else w, params)
+  shifted = (args[0] + 3.0, args[1], args[2] - 2.0, args[3])
+  np.testing.assert_allclose(np.asarray(apply(blind, *shifted)["logits"]),
+                             np.asarray(apply(blind, *args)["logits"]), atol=1e-4)
 
 
 def test_relocalizer_with_frame_similarity_residual_adds_the_score_to_the_logits():

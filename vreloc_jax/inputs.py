@@ -41,6 +41,27 @@ def mask_steps(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
 
 
+def with_centred(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """A sequence's features beside themselves minus their mean over its valid steps.
+
+  The second half takes out what is constant over the sequence (a video's own look,
+  which can dominate its features, as on synthetic v5); the first keeps it (a speaker's
+  voice is the class on Japanese Vowels). The mapping that reads both learns how much
+  of each to use.
+
+  Args:
+    x: [batch, length, D] features.
+    mask: bool[batch, length], True at valid steps.
+
+  Returns:
+    [batch, length, 2 * D] in the dtype of `x`; 0 at padded steps.
+  """
+  count = jnp.maximum(mask.sum(axis=1), 1)[:, None, None].astype(x.dtype)  # [B, 1, 1]
+  x = mask_steps(x, mask)  # [B, L, D]
+  centred = mask_steps(x - x.sum(axis=1, keepdims=True) / count, mask)  # [B, L, D]
+  return jnp.concatenate([x, centred], axis=-1)  # [B, L, 2D]
+
+
 def check_sequence(name: str, x: jax.Array, mask: jax.Array) -> None:
   """Raises ValueError unless `x` is [batch, length, features] with a matching mask."""
   if x.ndim != 3:

@@ -1,6 +1,7 @@
 """The re-localization model (paper Fig. 2, eqs. 7-12) and its configuration.
 
     query [B, Lq, D], reference [B, Lr, D]
+      -> with_centred (optional, not in the paper)         [B, Lq, 2D], [B, Lr, 2D]
       -> FeatureMapping (separate weights for each)        H^q [B, Lq, d_h], H^r [B, Lr, d_h]
       -> MultiscaleAttention(H^r, H^q)                      H^matt [B, Lr, heads]
       -> SelfAttention(H^r) (optional)                      H^satt [B, Lr, h * d_k]
@@ -25,6 +26,7 @@ import ml_collections
 from vreloc_jax import family
 from vreloc_jax.inputs import mask_steps
 from vreloc_jax.inputs import model_inputs
+from vreloc_jax.inputs import with_centred
 from vreloc_jax.losses import NUM_CLASSES
 from vreloc_jax.relocalizer import recurrence
 from vreloc_jax.relocalizer.attention import MultiscaleAttention
@@ -61,6 +63,8 @@ def model_config() -> ml_collections.ConfigDict:
   cfg.frame_similarity_residual = False  # Extension: that score added to the logits through a
   # learned weight per class (init inside +1, outside -1): the untrained model ranks windows
   # as the frame-level baseline does, and training learns a correction (see README).
+  cfg.centred_inputs = False  # Extension: each video's features beside themselves minus their
+  # mean over the video (`inputs.with_centred`): its own look taken out (see README).
   cfg.query_blind = False  # A control: the query is not read (no H^matt); only H^satt is.
   cfg.lstm_dim = 128  # Per BiLSTM direction (d_h, eq. 10) and 2nd LSTM (d_l, eq. 12).
   cfg.dropout_in = 0.4  # Dropout before the BiLSTM.
@@ -219,14 +223,20 @@ class ReLocalizer(nn.Module):
                                                           reference, reference_mask)
     check_config(cfg)
     query_blind = cfg.get("query_blind", False)
+    # What the feature mappings read: [B, L, D], or [B, L, 2D] with centred_inputs.
+    mapped_query, mapped_reference = query, reference
+    if cfg.get("centred_inputs", False):
+      mapped_query = with_centred(query, query_mask)
+      mapped_reference = with_centred(reference, reference_mask)
     h_ref = FeatureMapping(cfg.hidden_dim, cfg.map_kernel_size, dtype=dtype,
-                           name="reference_mapping")(reference, reference_mask)  # [B, Lr, d_h]
+                           name="reference_mapping")(mapped_reference,
+                                                     reference_mask)  # [B, Lr, d_h]
     features = []
     if query_blind:  # A control, not the paper's model: nothing of the query is read.
       attention = jnp.zeros((*reference.shape[:2], 0), jnp.float32)  # [B, Lr, 0]
     else:
       h_query = FeatureMapping(cfg.hidden_dim, cfg.map_kernel_size, dtype=dtype,
-                               name="query_mapping")(query, query_mask)  # [B, Lq, d_h]
+                               name="query_mapping")(mapped_query, query_mask)  # [B, Lq, d_h]
       multiscale = MultiscaleAttention(normalize_groups(cfg.attention_groups), cfg.head_dim,
                                        relative=cfg.get("attention_relative", True), dtype=dtype,
                                        name="multiscale_attention")
