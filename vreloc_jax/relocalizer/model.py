@@ -64,7 +64,7 @@ def model_config() -> ml_collections.ConfigDict:
   # learned weight per class (init inside +1, outside -1): the untrained model ranks windows
   # as the frame-level baseline does, and training learns a correction (see README).
   cfg.centred_inputs = False  # Extension: each video's features beside themselves minus their
-  # mean over the video (`inputs.with_centred`): its own look taken out (see README).
+  # mean over the video (`inputs.with_centred`): its own look taken out (docs/results.md).
   cfg.query_blind = False  # A control: the query is not read (no H^matt); only H^satt is.
   cfg.lstm_dim = 128  # Per BiLSTM direction (d_h, eq. 10) and 2nd LSTM (d_l, eq. 12).
   cfg.dropout_in = 0.4  # Dropout before the BiLSTM.
