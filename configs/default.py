@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.reference_buckets = (32, 64, 128, 192, 300)  # Padded reference lengths (windows <= 300).
   data.crop_probability = 0.9  # Full supervision: chance of a random crop keeping the segment.
   data.weak_query_fraction = 0.5  # Weak supervision: share of each class's videos giving queries.
+  data.shared_offset = 0.0  # Training: a random offset per pair, added to both videos, this
+  # many times the mean step norm (`inputs.with_shared_offset`; an extension); 0: off.
 
   config.model = model.model_config()  # The paper's full model (vreloc_jax/relocalizer/model.py).
   config.variant = "full"  # Ablation variant applied to config.model: base|multiscale|selfatt|full.

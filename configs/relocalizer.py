@@ -17,6 +17,9 @@
 * ``centred``: (an extension) the feature mappings read each video's features beside
   themselves minus their mean over the video (``model.centred_inputs``,
   `vreloc_jax.inputs.with_centred`);
+* ``shared_offset=X``: (an extension) in training, one random offset per pair added to
+  both its videos, X times the mean step norm (``data.shared_offset``,
+  `vreloc_jax.inputs.with_shared_offset`); 0 turns it off; default: the config file's own;
 * ``inference=RULE``: the inference rule, which also gives the co-attention masks:
   ``weak`` (the paper's longest run above the mean p_inside), ``full`` (start/end
   search), ``query_length`` (an extension: the query-long window of highest
@@ -75,6 +78,7 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
       frame_similarity=False,
       frame_similarity_residual=False,
       centred=False,
+      shared_offset=arguments.Arg("", meta="X"),
       inference=arguments.Arg("", choices=family.INFERENCES),
       objective=arguments.Arg("", choices=family.COATTENTION_FORMS, meta="NAME"),
       criterion=arguments.Arg("", choices=losses.CRITERION_FEATURES, meta="FEATURES"),
@@ -94,6 +98,12 @@ def apply(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict
   config.model.frame_similarity = args.frame_similarity
   config.model.frame_similarity_residual = args.frame_similarity_residual
   config.model.centred_inputs = args.centred
+  if args.shared_offset:
+    try:
+      config.data.shared_offset = float(args.shared_offset)
+    except ValueError:
+      raise ValueError(f"config argument shared_offset={args.shared_offset!r}: not a number"
+                       ) from None
   if args.objective:
     config.loss.coattention_form = args.objective
     weak = config.supervision == "weak"

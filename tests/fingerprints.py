@@ -62,7 +62,9 @@ _PAPER_FORMS = [
     "pseudo", "objective=pseudo", "objective=paper", "objective=paper,inference=weak",
     "recordings,objective=paper", "quick,pseudo,query_length", "pseudo,windows",
     "criterion=transitions", "recordings,criterion=transitions", "criterion=raw",
-    "centred", "recordings,centred",
+    "centred", "recordings,centred", "shared_offset=0", "recordings,shared_offset=0",
+    "criterion=raw,shared_offset=0", "objective=paper,shared_offset=0",
+    "objective=paper,inference=weak,shared_offset=0", "windows,shared_offset=0",
 ]
 _COMPARATOR_FORMS = [None, "quick", "recordings", "recordings=shoulder_exercises",
                      "quick,recordings", "recordings,quick"]

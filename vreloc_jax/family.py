@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vreloc_jax import inputs
 from vreloc_jax import losses
 from vreloc_jax import segments
 
@@ -31,6 +32,8 @@ Batch = dict[str, jax.Array]
 INFERENCES = ("weak", "full", "query_length", "windows")
 # The forms of the co-attention loss (``loss.coattention_form``; `StepLabeling.loss`).
 COATTENTION_FORMS = ("paper", "windows", "both", "pseudo")
+# Folded into the step's dropout key to draw the shared offsets (data.shared_offset).
+SHARED_OFFSET_STREAM = 7
 
 
 def coattention_form(config: ml_collections.ConfigDict) -> str:
@@ -84,8 +87,13 @@ class Family(abc.ABC):
     if dropout_rng is None:
       return self.module.apply({"params": params}, batch["query"], batch["query_mask"],
                                batch["reference"], batch["reference_mask"], deterministic=True)
-    return self.module.apply({"params": params}, batch["query"], batch["query_mask"],
-                             batch["reference"], batch["reference_mask"], deterministic=False,
+    query, reference = batch["query"], batch["reference"]
+    if self.config.data.get("shared_offset", 0.0) > 0:
+      query, reference = inputs.with_shared_offset(
+          jax.random.fold_in(dropout_rng, SHARED_OFFSET_STREAM), query, batch["query_mask"],
+          reference, batch["reference_mask"], self.config.data.shared_offset)
+    return self.module.apply({"params": params}, query, batch["query_mask"], reference,
+                             batch["reference_mask"], deterministic=False,
                              rngs={"dropout": dropout_rng})
 
   @abc.abstractmethod

@@ -1,5 +1,8 @@
 """What every model does with its inputs: checks, padding masks, its configuration, its dtype.
 
+Also two input extensions: the centred features (`with_centred`) and the training pairs'
+shared offsets (`with_shared_offset`).
+
 Every model (the paper's and the comparators) takes ``(query [B, Lq, D], query_mask
 [B, Lq], reference [B, Lr, D], reference_mask [B, Lr])``; masks are bool, True at valid
 steps, which come first. `model_inputs` is the prologue they share.
@@ -60,6 +63,35 @@ def with_centred(x: jax.Array, mask: jax.Array) -> jax.Array:
   x = mask_steps(x, mask)  # [B, L, D]
   centred = mask_steps(x - x.sum(axis=1, keepdims=True) / count, mask)  # [B, L, D]
   return jnp.concatenate([x, centred], axis=-1)  # [B, L, 2D]
+
+
+def with_shared_offset(key: jax.Array, query: jax.Array, query_mask: jax.Array,
+                       reference: jax.Array, reference_mask: jax.Array, scale: float
+                       ) -> tuple[jax.Array, jax.Array]:
+  """Adds one random offset per pair to both its videos (a training augmentation).
+
+  Each pair's offset is drawn from N(0, I) and scaled so that its expected norm is
+  ``scale`` times the batch's mean reference step norm. A video's own look (its mean)
+  then no longer identifies it, so a model cannot learn its weak targets by video;
+  what the query and the reference share is kept (docs/results.md, "Shared offsets").
+
+  Args:
+    key: a PRNG key.
+    query: [batch, len_query, D]; query_mask: bool[batch, len_query].
+    reference: [batch, len_ref, D]; reference_mask: bool[batch, len_ref].
+    scale: the offsets' size relative to the mean reference step norm; > 0.
+
+  Returns:
+    The query and the reference with the offsets added; 0 at padded steps.
+  """
+  norms = jnp.sqrt(jnp.sum(jnp.square(reference), -1))  # [B, Lr]
+  mean_norm = (jnp.sum(jnp.where(reference_mask, norms, 0.0))
+               / jnp.maximum(reference_mask.sum(), 1))  # []
+  dim = reference.shape[-1]
+  offset = jax.random.normal(key, (reference.shape[0], 1, dim))  # [B, 1, D]
+  offset = offset * (scale * mean_norm / jnp.sqrt(dim))
+  return (jnp.where(query_mask[..., None], query + offset, 0.0),
+          jnp.where(reference_mask[..., None], reference + offset, 0.0))
 
 
 def check_sequence(name: str, x: jax.Array, mask: jax.Array) -> None:
