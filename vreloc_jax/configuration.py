@@ -60,8 +60,7 @@ def validate(config: ml_collections.ConfigDict, devices: int | None = None) -> N
     raise ValueError(f"loss.criterion_features must be one of {losses.CRITERION_FEATURES}, "
                      f"got {config.loss.criterion_features!r}")
   offset = config.data.get("shared_offset", 0.0)
-  if isinstance(offset, bool) or not (isinstance(offset, (int, float))
-                                      and math.isfinite(offset) and offset >= 0):
+  if not (math.isfinite(offset) and offset >= 0):
     raise ValueError(f"data.shared_offset must be a finite number >= 0 (0: off), got {offset!r}")
   unknown = [m for m in config.eval.get("baselines", ()) if m not in baselines.BASELINES]
   if unknown:

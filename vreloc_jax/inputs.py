@@ -1,7 +1,7 @@
 """What every model does with its inputs: checks, padding masks, its configuration, its dtype.
 
-Also two input extensions: the centred features (`with_centred`) and the training pairs'
-shared offsets (`with_shared_offset`).
+Also what the extensions read: each video's features minus their mean (`centred`, beside
+the features in `with_centred`) and the training pairs' shared offsets (`with_shared_offset`).
 
 Every model (the paper's and the comparators) takes ``(query [B, Lq, D], query_mask
 [B, Lq], reference [B, Lr, D], reference_mask [B, Lr])``; masks are bool, True at valid
@@ -44,6 +44,21 @@ def mask_steps(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
 
 
+def centred(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """A sequence's features minus their mean over its valid steps.
+
+  Args:
+    x: [batch, length, D] features.
+    mask: bool[batch, length], True at valid steps.
+
+  Returns:
+    [batch, length, D] in the dtype of `x`; 0 at padded steps.
+  """
+  count = jnp.maximum(mask.sum(axis=1), 1)[:, None, None].astype(x.dtype)  # [B, 1, 1]
+  x = mask_steps(x, mask)  # [B, L, D]
+  return mask_steps(x - x.sum(axis=1, keepdims=True) / count, mask)
+
+
 def with_centred(x: jax.Array, mask: jax.Array) -> jax.Array:
   """A sequence's features beside themselves minus their mean over its valid steps.
 
@@ -59,10 +74,7 @@ def with_centred(x: jax.Array, mask: jax.Array) -> jax.Array:
   Returns:
     [batch, length, 2 * D] in the dtype of `x`; 0 at padded steps.
   """
-  count = jnp.maximum(mask.sum(axis=1), 1)[:, None, None].astype(x.dtype)  # [B, 1, 1]
-  x = mask_steps(x, mask)  # [B, L, D]
-  centred = mask_steps(x - x.sum(axis=1, keepdims=True) / count, mask)  # [B, L, D]
-  return jnp.concatenate([x, centred], axis=-1)  # [B, L, 2D]
+  return jnp.concatenate([mask_steps(x, mask), centred(x, mask)], axis=-1)  # [B, L, 2D]
 
 
 def with_shared_offset(key: jax.Array, query: jax.Array, query_mask: jax.Array,

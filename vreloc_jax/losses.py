@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vreloc_jax import inputs
 from vreloc_jax import segments
 
 START, END, INSIDE, OUTSIDE = 0, 1, 2, 3
@@ -379,12 +380,11 @@ def transition_features(features: jax.Array, mask: jax.Array, lag: int = TRANSIT
   mask = mask.astype(bool)
   x = jnp.where(mask[..., None], features.astype(jnp.float32), 0.0)  # [B, L, D]
   count = jnp.maximum(mask.sum(axis=1), 1).astype(jnp.float32)  # [B]
-  centred = jnp.where(mask[..., None], x - x.sum(axis=1, keepdims=True) / count[:, None, None],
-                      0.0)  # [B, L, D]
-  later = jnp.pad(centred[:, lag:], ((0, 0), (0, lag), (0, 0)))[:, :x.shape[1]]  # [B, L, D]
+  steps = inputs.centred(x, mask)  # [B, L, D]
+  later = jnp.pad(steps[:, lag:], ((0, 0), (0, lag), (0, 0)))[:, :x.shape[1]]  # [B, L, D]
   first, second = jax.random.split(jax.random.key(0))
   d = x.shape[-1]
-  sketch = ((centred @ (jax.random.normal(first, (d, dim)) / jnp.sqrt(d)))
+  sketch = ((steps @ (jax.random.normal(first, (d, dim)) / jnp.sqrt(d)))
             * (later @ (jax.random.normal(second, (d, dim)) / jnp.sqrt(d))))  # [B, L, dim]
 
   def unit_mean_norm(z):  # [B, L, ·] scaled so its mean valid-step norm is 1
